@@ -1,0 +1,117 @@
+"""The linear-operator interface every solver uses (DESIGN.md §2.2).
+
+Conventions
+- Images: real tensors of shape (B, 1, H, W) (float32), or complex (B, 1, H, W) for
+  complex-valued MRI. `image_shape` is (H, W).
+- Measurements: tensors of shape (B, *meas_shape), real or complex.
+- Inner products are real: <u, v> = Re(sum conj(u) v), so the adjoint of a map from real
+  images to complex data is Re(A^H y).
+
+Operators with the decomposition A = P(Λ) T (T invertible, Λ a 0/1 mask) set
+`has_decomposition = True` and provide `T`, `T_inv`, `mask` (bool, broadcastable to the
+T-domain), `embed` (P(Λ)^{-1}: measurement -> T-domain, zero off the mask) and `restrict`
+(P(Λ): T-domain -> measurement). Every operator gets the generic regularised least-squares
+solve of DESIGN.md §2.3 (conjugate gradient on the normal equations), used for operators
+without a cheap exact T.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ScoreinvError, check_finite, check_images
+
+
+def real_inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per-sample real inner product Re(sum conj(u) v) over all but the batch axis -> (B,)."""
+    p = (u.conj() * v).real if (u.is_complex() or v.is_complex()) else u * v
+    return p.flatten(1).sum(1)
+
+
+class LinearOperator:
+    """A linear measurement operator A: (B, 1, H, W) -> (B, *meas_shape)."""
+
+    image_shape: tuple[int, int]
+    meas_shape: tuple[int, ...]
+    complex_image: bool = False
+    has_decomposition: bool = False
+    name: str = "operator"
+
+    # --- to be implemented -------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement adjoint")
+
+    # --- shared ------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    def to(self, device) -> "LinearOperator":
+        """Move every tensor attribute to `device` (in place); return self."""
+        for k, v in vars(self).items():
+            if torch.is_tensor(v):
+                setattr(self, k, v.to(device))
+        return self
+
+    def check_image(self, x: torch.Tensor, name: str = "image") -> torch.Tensor:
+        return check_images(name, x, size=self.image_shape, channels=1)
+
+    def check_measurement(self, y: torch.Tensor, name: str = "measurement") -> torch.Tensor:
+        """Raise unless y has shape (B, *meas_shape) and is finite."""
+        if not torch.is_tensor(y) or tuple(y.shape[1:]) != tuple(self.meas_shape):
+            shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+            raise ScoreinvError(
+                f"{name}: shape {shape} does not fit {self.name}; expected (B, {', '.join(map(str, self.meas_shape))})")
+        return check_finite(name, y)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """A^T A x."""
+        return self.adjoint(self.forward(x))
+
+    def lstsq(self, y: torch.Tensor, x0: torch.Tensor, reg: float | torch.Tensor = 0.0,
+              iters: int = 20, tol: float = 1e-6) -> torch.Tensor:
+        """argmin_x ||A x - y||^2 + reg ||x - x0||^2 by conjugate gradient, started at x0.
+
+        Solves (A^T A + reg I) x = A^T y + reg x0 per sample (reg may be (B,)). With reg = 0 and
+        an under-determined consistent system, CG started at x0 converges to the projection
+        of x0 onto {A x = y} (DESIGN.md §2.3, the path for operators without a cheap T).
+        """
+        reg_t = torch.as_tensor(reg, dtype=x0.real.dtype, device=x0.device)
+        reg_b = reg_t.reshape(-1, *([1] * (x0.ndim - 1))) if reg_t.ndim else reg_t
+
+        def apply(v):
+            return self.normal(v) + reg_b * v
+
+        x = x0.clone()
+        r = self.adjoint(y) + reg_b * x0 - apply(x)
+        p = r.clone()
+        rs = real_inner(r, r)
+        rs0 = rs.clone()
+        for _ in range(iters):
+            if bool((rs <= (tol ** 2) * rs0.clamp_min(1e-30)).all()):
+                break
+            ap = apply(p)
+            denom = real_inner(p, ap)
+            alpha = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
+            a = alpha.reshape(-1, *([1] * (x.ndim - 1)))
+            x = x + a * p
+            r = r - a * ap
+            rs_new = real_inner(r, r)
+            beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
+            p = r + beta.reshape(-1, *([1] * (x.ndim - 1))) * p
+            rs = rs_new
+        return x
+
+    # --- decomposition (optional) ------------------------------------------------------
+    def T(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no A = P(Λ)T decomposition")
+
+    def T_inv(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no A = P(Λ)T decomposition")
+
+    def embed(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no A = P(Λ)T decomposition")
+
+    def restrict(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no A = P(Λ)T decomposition")
