@@ -1,0 +1,17 @@
+"""Classical reconstruction baselines (DESIGN.md §1.4, §3): FBP, SIRT, CGLS, TV (PDHG),
+zero-filled and CS (wavelet, TV) MRI, LI and NMAR for metal-artifact reduction.
+
+All are torch, batched over (B, ...) measurements, generic over `LinearOperator`, and return a
+`Recon` (images (B, 1, H, W), iterations run, method, weight). Regularisation weights are chosen
+on validation data with `choose_weight`.
+"""
+from .common import Recon, operator_norm
+from .iterative import cgls, fbp, sirt, zero_filled
+from .mar import li, nmar
+from .registry import BASELINES, Baseline, WeightChoice, choose_weight, get_baseline, log_grid
+from .tv import div, grad, tv_recon, tv_value
+from .wavelet import OrthoWavelet2d, cs_wavelet, soft_threshold
+
+__all__ = ["Recon", "operator_norm", "cgls", "fbp", "sirt", "zero_filled", "li", "nmar",
+           "BASELINES", "Baseline", "WeightChoice", "choose_weight", "get_baseline", "log_grid",
+           "div", "grad", "tv_recon", "tv_value", "OrthoWavelet2d", "cs_wavelet", "soft_threshold"]

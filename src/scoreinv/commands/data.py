@@ -1,0 +1,129 @@
+"""`scoreinv data inspect`: show what a dataset spec would load (thin layer over scoreinv.data)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import ScoreinvError
+
+HELP = """Inspect training data: what would be loaded, and how it would be split.
+
+  scoreinv data inspect /data/lidc --size 128            # DICOM series, HU window
+  scoreinv data inspect /data/brats --axis 0 --normalize minmax
+  scoreinv data inspect scan.nii.gz --values             # also read the value ranges
+  scoreinv data inspect phantoms --size 64 --preview phantoms.png
+
+PATH is a folder or a file (DICOM series, NIfTI .nii/.nii.gz, fastMRI HDF5 .h5, PNG/TIFF/JPEG,
+NumPy .npy/.npz), or a built-in procedural dataset: phantoms (textured CT phantoms), ellipses
+(plain CT phantoms), brain (MNI152 template slices). A local folder with one of these names
+must be written with a path (./phantoms).
+
+For files it lists the volumes found (name, kind, shape (D, H, W), HU or not, split), the
+number of slices, and the split sizes. Volumes are split by patient (DICOM PatientID, else the
+first folder under PATH) with a seeded, deterministic assignment (80/10/10 by default), so the
+slices of one patient never straddle splits. Slices are normalised per volume to [0, 1]
+(auto: HU window for CT, min-max otherwise) and resized to SIZE x SIZE keeping the physical
+aspect ratio (padded by default).
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("data", help="inspect datasets (folders of medical images or built-ins)",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    sub.required = True
+    q = sub.add_parser("inspect", help="print the volumes, slices and splits a dataset spec would load",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("path", metavar="PATH", help="folder, file, or built-in name (phantoms, ellipses, brain)")
+    q.add_argument("--size", type=int, default=64, help="model image size S: slices become S x S (default 64)")
+    q.add_argument("--split", choices=("train", "val", "test", "all"), default="train",
+                   help="split to describe in detail (default train; 'all' for folders only)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the split assignment / procedural sets (default 0)")
+    q.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis of (D, H, W) volumes (default 0)")
+    q.add_argument("--normalize", choices=("auto", "minmax", "window"),
+                   help="per-volume scaling to [0, 1]: auto (HU window for CT, min-max otherwise; default), "
+                        "minmax, window (HU window --hu-min..--hu-max)")
+    q.add_argument("--hu-min", type=float, help="HU mapped to 0 (default -1024)")
+    q.add_argument("--hu-max", type=float, help="HU mapped to 1 (default 3200)")
+    q.add_argument("--fit", choices=("pad", "crop"), help="keep the aspect ratio by padding (default) or "
+                   "centre-cropping to a square")
+    q.add_argument("--split-by", choices=("patient", "volume"), help="unit of the split: patient (default) "
+                   "or volume")
+    q.add_argument("--fractions", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                   help="split fractions (default 0.8 0.1 0.1)")
+    q.add_argument("--key", help="dataset inside HDF5 files or array inside .npz files to read")
+    q.add_argument("--values", action="store_true", help="also read every volume to report its value range")
+    q.add_argument("--max-volumes", type=int, default=50, help="list at most this many volumes (default 50)")
+    q.add_argument("--preview", metavar="PNG", help="write a grid of 16 images of the split to PNG")
+    q.add_argument("--json", action="store_true", help="print the description as JSON")
+    q.set_defaults(func=run_inspect)
+    return p
+
+
+def _options(args) -> dict:
+    from ..data import BUILTIN_DATASETS
+
+    opts = {"axis": args.axis, "normalize": args.normalize, "hu_min": args.hu_min, "hu_max": args.hu_max,
+            "fit": args.fit, "split_by": args.split_by,
+            "fractions": tuple(args.fractions) if args.fractions else None}
+    if args.key is not None:
+        opts["h5_key" if not args.path.lower().endswith(".npz") else "npz_key"] = args.key
+    if args.path in BUILTIN_DATASETS:
+        given = sorted(k for k in ("axis", "normalize", "fit", "split_by", "fractions", "h5_key", "npz_key")
+                       if opts.get(k) is not None)
+        if given:
+            raise ScoreinvError(f"option(s) {', '.join(given)} apply to files only, not to {args.path}")
+        opts = {k: v for k, v in opts.items() if k in ("hu_min", "hu_max")}
+        if args.path == "brain" and (args.hu_min is not None or args.hu_max is not None):
+            raise ScoreinvError("--hu-min/--hu-max apply to CT data, not to brain")
+    return opts
+
+
+def _fmt_range(r) -> str:
+    return f"[{r[0]:.6g}, {r[1]:.6g}]"
+
+
+def run_inspect(args) -> int:
+    import torch
+
+    from ..data import build_dataset
+
+    if args.max_volumes < 0:
+        raise ScoreinvError(f"--max-volumes must be >= 0, got {args.max_volumes}")
+    ds = build_dataset(args.path, args.split, args.size, seed=args.seed, **_options(args))
+    d = ds.describe(values=True) if args.values and hasattr(ds, "refs") else ds.describe()
+    if args.preview:
+        from ..imaging import save_grid
+
+        x = ds.sample_batch(min(16, len(ds)), torch.Generator().manual_seed(args.seed))
+        save_grid(x, args.preview)
+    if args.json:
+        print(json.dumps(d, indent=2, default=str))
+        return 0
+    print(f"dataset   {d['name']} ({d['kind']})")
+    print(f"split     {d['split']}: {d['images']} image(s) of {d['image_size']}x{d['image_size']}, values in [0, 1]")
+    if "volumes" not in d:
+        from ..data import DESCRIPTIONS
+
+        print(f"about     {DESCRIPTIONS.get(d['name'], d['kind'])}")
+        for k, v in d.items():
+            if k not in ("name", "kind", "split", "images", "image_size"):
+                print(f"{k:<9} {v}" if len(k) < 9 else f"{k} {v}")
+    else:
+        print(f"slicing   axis {d['axis']}, normalize {d['normalize']} (HU window {d['hu_window']}), fit {d['fit']}")
+        print(f"splits    by {d['split_by']}, fractions {d['fractions']}, seed {d['seed']}")
+        for s in ("train", "val", "test", "all"):
+            print(f"  {s:<6} {d['sizes'][s]['volumes']:>5} volume(s) {d['sizes'][s]['slices']:>7} slice(s)")
+        vols = d["volumes"]
+        print(f"volumes   {len(vols)}" + (f" (first {args.max_volumes} listed)" if len(vols) > args.max_volumes else ""))
+        for v in vols[:args.max_volumes]:
+            extra = f" range {_fmt_range(v['range'])}" if "range" in v else ""
+            extra += f" {v['modality']}" if "modality" in v else ""
+            extra += f" dataset {v['dataset']}" if "dataset" in v else ""
+            print(f"  {v['name']}: {v['kind']} {tuple(v['shape'])} {'HU' if v['hu'] else 'not HU'} "
+                  f"-> {v['slices']} slice(s), {v['split']}, {v['normalize']}{extra}")
+        if d["skipped_files"]:
+            print(f"skipped   {len(d['skipped_files'])} file(s) of unknown type, e.g. {d['skipped_files'][0]}")
+    if args.preview:
+        print(f"preview   {args.preview}")
+    return 0

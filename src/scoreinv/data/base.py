@@ -1,0 +1,117 @@
+"""The dataset interface the training loop uses, and the seed plumbing shared by all datasets.
+
+Every dataset yields 2-D slices as float32 tensors in [0, 1] (DESIGN.md §2.1):
+
+    ds.sample_batch(batch_size, generator) -> (B, 1, S, S)   random draw
+    len(ds), ds[i] -> (1, S, S)                             fixed images of this split
+    ds.shard(rank, world_size) -> dataset                   a rank's disjoint share
+    ds.describe() -> dict                                   what `scoreinv data inspect` prints
+
+Seeds: a procedural stream never uses the caller's generator for rendering directly; it draws
+one integer from it and mixes that with the dataset seed and the shard rank through numpy's
+SeedSequence, so that ranks given identically seeded generators still see disjoint streams.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+from ..errors import ScoreinvError
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def derive_seed(*keys) -> int:
+    """A 63-bit seed from a sequence of ints and strings (stable across runs and machines)."""
+    ints = []
+    for k in keys:
+        if isinstance(k, str):
+            ints.append(zlib.crc32(k.encode("utf-8")))
+        else:
+            k = int(k)
+            if k < 0:
+                raise ScoreinvError(f"seed keys must be non-negative integers, got {k}")
+            ints.append(k)
+    state = np.random.SeedSequence(ints).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def make_generator(seed: int, device="cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def check_generator(generator) -> torch.Generator:
+    if not isinstance(generator, torch.Generator):
+        raise ScoreinvError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    return generator
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """One non-negative 62-bit integer from `generator` (advances it)."""
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device).item())
+
+
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ScoreinvError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_image_size(image_size) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
+            or not 8 <= image_size <= 4096:
+        raise ScoreinvError(f"image_size must be an integer in [8, 4096], got {image_size!r}")
+    return int(image_size)
+
+
+def check_shard(rank, world_size) -> tuple[int, int]:
+    if not isinstance(world_size, (int, np.integer)) or world_size < 1:
+        raise ScoreinvError(f"world_size must be a positive integer, got {world_size!r}")
+    if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+        raise ScoreinvError(f"rank must be an integer in [0, {world_size - 1}], got {rank!r}")
+    return int(rank), int(world_size)
+
+
+class SliceDataset:
+    """Base class: a split of 2-D slices of size S x S in [0, 1]."""
+
+    name: str = "dataset"
+    split: str = "train"
+    image_size: int = 64
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """A random batch (B, 1, S, S) float32 in [0, 1], on `generator.device`."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _item(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, i) -> torch.Tensor:
+        """Image i as (1, S, S) float32 in [0, 1] (deterministic)."""
+        n = len(self)
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise ScoreinvError(f"{self.name}: index must be an integer, got {type(i).__name__}")
+        if not -n <= i < n:
+            raise IndexError(f"{self.name} ({self.split}): index {i} out of range for {n} images")
+        return self._item(int(i) % n)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def shard(self, rank: int, world_size: int) -> "SliceDataset":
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, " \
+               f"image_size={self.image_size}, len={len(self)})"

@@ -1,0 +1,279 @@
+"""Datasets of slices from files on disk: scan, split by patient/volume, normalise, resize.
+
+- Scan: a folder is walked (sorted, hidden entries and unknown file types skipped and
+  counted); a DICOM series is one volume, a NIfTI/HDF5/NumPy file one volume, a 2-D image a
+  one-slice volume (readers.py). Unreadable files raise, naming the file.
+- Split (deterministic, seeded): volumes are grouped (`split_by='patient'`: DICOM PatientID,
+  else the first folder under the root, so a flat folder groups per file; `'volume'`: every
+  volume alone); groups are ordered by a hash of (seed, group name) and cut by `fractions`
+  (default 0.8/0.1/0.1; with >= 3 groups every split with a positive fraction gets >= 1; with 2
+  groups: train and val). Slices of one group never straddle splits. 'all' = everything.
+- Normalisation per volume: 'minmax' (v - min)/(max - min); 'window' clip((v - hu_min)/
+  (hu_max - hu_min), 0, 1), default window [-1024, 3200] HU as the reference; 'auto' (default):
+  window for volumes in HU (DICOM CT), min-max otherwise (MRI, PNG, NIfTI, NumPy).
+- Slices along `axis` (0, 1, 2 of (D, H, W)); for axes 1 and 2 the rows are flipped so that
+  the first volume axis (superior for axial stacks) is up. One-slice volumes (2-D images) are
+  always used as they are.
+- Resize keeping the physical aspect ratio (pixel spacing when known): `fit='pad'` (default)
+  scales the longer side to S and pads the shorter with 0 (= the volume minimum or hu_min),
+  so no anatomy is cut; `fit='crop'` scales the shorter side to S and crops the centre.
+  torch.nn.functional.interpolate, 'area' when shrinking, 'bilinear' when enlarging.
+Processed volumes are kept in an LRU cache of `cache_mb` megabytes.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ScoreinvError
+from . import dicom
+from .base import (SliceDataset, check_batch_size, check_generator, check_image_size, check_shard,
+                   derive_seed)
+from .readers import VolumeRef, file_kind, hdf5_header, image_header, nifti_header, numpy_header
+
+NORMALIZE = ("auto", "minmax", "window")
+FITS = ("pad", "crop")
+SPLIT_BY = ("patient", "volume")
+
+
+def scan(path, key: str | None = None) -> tuple[list[VolumeRef], list[Path]]:
+    """Volumes under `path` (a folder or one file) from headers only -> (refs, skipped files)."""
+    root = Path(path)
+    if not root.exists():
+        raise ScoreinvError(f"{root}: no such file or folder")
+    if root.is_file():
+        files, base = [root], root.parent
+    else:
+        files, base = [], root
+        for d, dirs, names in os.walk(root):
+            dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+            files += [Path(d) / n for n in sorted(names) if not n.startswith(".")]
+    refs, skipped, series = [], [], {}
+    for f in files:
+        kind = file_kind(f)
+        rel = f.relative_to(base)
+        top = rel.parts[0] if len(rel.parts) > 1 else str(rel)
+        if kind is None:
+            if root.is_file():
+                raise ScoreinvError(f"{f}: unsupported file type; expected DICOM (.dcm), NIfTI (.nii, .nii.gz), "
+                                    "HDF5 (.h5), PNG/TIFF/JPEG or NumPy (.npy, .npz)")
+            skipped.append(f)
+        elif kind == "dicom":
+            ds = dicom.read_header(f)
+            series.setdefault(dicom.series_key(ds, f), []).append((f, ds))
+        elif kind == "nifti":
+            shape, spacing = nifti_header(f)
+            refs.append(VolumeRef(str(rel), kind, (f,), shape, False, spacing, {"group": top}))
+        elif kind == "hdf5":
+            shape, k, cropped = hdf5_header(f, key)
+            refs.append(VolumeRef(str(rel), kind, (f,), shape, False, None,
+                                  {"group": top, "dataset": k, "cropped": cropped}, key=k))
+        elif kind == "image":
+            refs.append(VolumeRef(str(rel), kind, (f,), image_header(f), False, None, {"group": top}))
+        else:
+            refs.append(VolumeRef(str(rel), kind, (f,), numpy_header(f, key), False, None, {"group": top}, key=key))
+    for uid, items in series.items():
+        items = dicom.sort_series(items)
+        info = dicom.series_info(items)
+        first_path, first = items[0]
+        rel = first_path.relative_to(base)
+        desc = str(getattr(first, "SeriesDescription", "") or "").strip()
+        name = f"{rel.parent}/{desc or 'series ' + uid[-12:]}" if len(items) > 1 else str(rel)
+        patient = str(getattr(first, "PatientID", "") or "") or (rel.parts[0] if len(rel.parts) > 1 else str(rel))
+        refs.append(VolumeRef(name, "dicom", tuple(p for p, _ in items), info["shape"], info["hu"],
+                              info["spacing"], {"group": patient, "items": items, "modality": info["modality"],
+                                                "series_uid": uid}))
+    refs.sort(key=lambda r: r.name)
+    return refs, skipped
+
+
+def check_fractions(fractions) -> tuple[float, float, float]:
+    try:
+        fr = tuple(float(v) for v in fractions)
+    except (TypeError, ValueError):
+        raise ScoreinvError(f"fractions must be three numbers (train, val, test), got {fractions!r}") from None
+    if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or abs(sum(fr) - 1) > 1e-6:
+        raise ScoreinvError(f"fractions must be three non-negative numbers (train > 0) summing to 1, got {fractions!r}")
+    return fr
+
+
+def assign_splits(groups: list[str], seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, str]:
+    """group name -> 'train' | 'val' | 'test' (deterministic, see the module docstring)."""
+    fr = check_fractions(fractions)
+    uniq = sorted(set(groups), key=lambda g: (derive_seed(seed, "split", g), g))
+    n = len(uniq)
+    if n >= 3:
+        n_val = max(1, round(fr[1] * n)) if fr[1] > 0 else 0
+        n_test = max(1, round(fr[2] * n)) if fr[2] > 0 else 0
+        while n - n_val - n_test < 1:
+            if n_val >= n_test:
+                n_val -= 1
+            else:
+                n_test -= 1
+    else:
+        n_val = 1 if n == 2 and fr[1] > 0 else 0
+        n_test = 1 if n == 2 and fr[1] == 0 and fr[2] > 0 else 0
+    n_train = n - n_val - n_test
+    out = {}
+    for i, g in enumerate(uniq):
+        out[g] = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
+    return out
+
+
+def normalise(data: np.ndarray, mode: str, hu_min: float, hu_max: float, name: str) -> np.ndarray:
+    """Per-volume scaling to [0, 1] (module docstring); raises on a constant volume in minmax."""
+    if mode == "window":
+        return np.clip((data - hu_min) / (hu_max - hu_min), 0, 1).astype(np.float32)
+    lo, hi = float(data.min()), float(data.max())
+    if not hi > lo:
+        raise ScoreinvError(f"{name}: volume is constant ({lo:g}); min-max normalisation needs a range "
+                            "(remove the file or use normalize='window')")
+    return ((data - lo) / (hi - lo)).astype(np.float32)
+
+
+def slices_along(data: np.ndarray, axis: int, spacing) -> tuple[np.ndarray, tuple[float, float]]:
+    """(n, h, w) slices of a (D, H, W) volume along `axis`, and the in-plane spacing."""
+    sp = tuple(spacing) if spacing else (1.0, 1.0, 1.0)
+    if data.shape[0] == 1 or axis == 0:
+        return data, (sp[1], sp[2])
+    if axis == 1:
+        return data.transpose(1, 0, 2)[:, ::-1], (sp[0], sp[2])
+    return data.transpose(2, 0, 1)[:, ::-1], (sp[0], sp[1])
+
+
+def resize_slices(sl: np.ndarray, size: int, spacing=(1.0, 1.0), fit: str = "pad") -> torch.Tensor:
+    """(n, h, w) in [0, 1] -> (n, 1, S, S), physical aspect kept (module docstring)."""
+    x = torch.from_numpy(np.ascontiguousarray(sl, dtype=np.float32)).unsqueeze(1)
+    h, w = sl.shape[1:]
+    ph, pw = h * float(spacing[0]), w * float(spacing[1])
+    scale = size / (max(ph, pw) if fit == "pad" else min(ph, pw))
+    nh, nw = max(1, round(ph * scale)), max(1, round(pw * scale))
+    if (nh, nw) != (h, w):
+        mode = "area" if nh <= h and nw <= w else "bilinear"
+        kw = {} if mode == "area" else {"align_corners": False}
+        x = F.interpolate(x, size=(nh, nw), mode=mode, **kw).clamp_(0, 1)
+    if fit == "pad":
+        top, left = (size - nh) // 2, (size - nw) // 2
+        x = F.pad(x, (left, size - nw - left, top, size - nh - top))
+    else:
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[..., top:top + size, left:left + size]
+    return x.contiguous()
+
+
+class FolderDataset(SliceDataset):
+    """Slices (1, S, S) in [0, 1] from the medical images under a folder (or in one file)."""
+
+    kind = "files"
+
+    def __init__(self, path, split: str, image_size: int, seed: int = 0, axis: int = 0,
+                 normalize: str = "auto", hu_min: float = -1024.0, hu_max: float = 3200.0,
+                 fractions=(0.8, 0.1, 0.1), fit: str = "pad", split_by: str = "patient",
+                 cache_mb: float = 4096, h5_key: str | None = None, npz_key: str | None = None):
+        from .phantoms import check_window
+        if split not in ("train", "val", "test", "all"):
+            raise ScoreinvError(f"unknown split {split!r}; expected train, val, test or all")
+        if axis not in (0, 1, 2) or isinstance(axis, bool):
+            raise ScoreinvError(f"axis must be 0, 1 or 2 (of the (D, H, W) volume), got {axis!r}")
+        for nm, v, ch in (("normalize", normalize, NORMALIZE), ("fit", fit, FITS), ("split_by", split_by, SPLIT_BY)):
+            if v not in ch:
+                raise ScoreinvError(f"unknown {nm} {v!r}; expected one of: {', '.join(ch)}")
+        if h5_key is not None and npz_key is not None:
+            raise ScoreinvError("give at most one of h5_key and npz_key")
+        self.path, self.name = Path(path), str(path)
+        self.split, self.image_size, self.seed, self.axis = split, check_image_size(image_size), int(seed), axis
+        self.normalize, self.fit, self.split_by = normalize, fit, split_by
+        self.hu_min, self.hu_max = check_window(hu_min, hu_max)
+        self.fractions = check_fractions(fractions)
+        self.cache_bytes = float(cache_mb) * 2 ** 20
+        self.refs, self.skipped = scan(self.path, h5_key if h5_key is not None else npz_key)
+        if not self.refs:
+            raise ScoreinvError(f"{self.path}: no readable volumes found ({len(self.skipped)} file(s) of unknown "
+                                "type skipped); expected DICOM, NIfTI, HDF5, PNG/TIFF/JPEG or NumPy files")
+        keys = [r.info["group"] if split_by == "patient" else r.name for r in self.refs]
+        table = assign_splits(keys, self.seed, self.fractions)
+        self.assignment = [table[k] for k in keys]
+        self.index = [(v, s) for v, r in enumerate(self.refs) if split == "all" or self.assignment[v] == split
+                      for s in range(self._n_slices(r))]
+        if not self.index:
+            n = len(set(keys))
+            raise ScoreinvError(f"{self.path}: split {split!r} is empty ({len(self.refs)} volume(s) in {n} "
+                                f"group(s), fractions {self.fractions}); use split='all' or add volumes")
+        self.rank, self.world_size = 0, 1
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def _n_slices(self, ref: VolumeRef) -> int:
+        return ref.shape[0] if ref.shape[0] == 1 else ref.shape[self.axis]
+
+    def _mode(self, ref: VolumeRef) -> str:
+        return ("window" if ref.hu else "minmax") if self.normalize == "auto" else self.normalize
+
+    def volume(self, v: int) -> torch.Tensor:
+        """All slices of volume v, processed: (n, 1, S, S)."""
+        if v in self._cache:
+            self._cache.move_to_end(v)
+            return self._cache[v]
+        ref = self.refs[v]
+        vol = ref.read()
+        data = normalise(vol.data, self._mode(ref), self.hu_min, self.hu_max, ref.name)
+        sl, sp = slices_along(data, self.axis, ref.spacing)
+        out = resize_slices(sl, self.image_size, sp, self.fit)
+        self._cache[v] = out
+        while len(self._cache) > 1 and sum(t.numel() * 4 for t in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _item(self, i: int) -> torch.Tensor:
+        v, s = self.index[i]
+        return self.volume(v)[s]
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        b, g = check_batch_size(batch_size), check_generator(generator)
+        idx = torch.randint(len(self), (b,), generator=g, device=g.device).cpu().tolist()
+        return torch.stack([self._item(i) for i in idx]).to(g.device)
+
+    def shard(self, rank: int, world_size: int) -> "FolderDataset":
+        rank, world_size = check_shard(rank, world_size)
+        if self.world_size != 1:
+            raise ScoreinvError(f"{self.path}: this dataset is already a shard; shard the full dataset")
+        if world_size > len(self):
+            raise ScoreinvError(f"{self.path} ({self.split}): cannot split {len(self)} slices over {world_size} ranks")
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.index = self.index[rank::world_size]
+        new.rank, new.world_size = rank, world_size
+        new._cache = OrderedDict()
+        return new
+
+    def describe(self, values: bool = False) -> dict:
+        """Volumes and split sizes; `values=True` also reads every volume for its value range."""
+        vols = []
+        for v, r in enumerate(self.refs):
+            d = {"name": r.name, "kind": r.kind, "shape": list(r.shape), "hu": r.hu, "split": self.assignment[v],
+                 "group": r.info["group"], "slices": self._n_slices(r), "normalize": self._mode(r)}
+            if r.spacing:
+                d["spacing_mm"] = [round(float(s), 4) for s in r.spacing]
+            for k in ("modality", "dataset", "cropped"):
+                if k in r.info:
+                    d[k] = r.info[k]
+            if values:
+                data = r.read().data
+                d["range"] = [float(data.min()), float(data.max())]
+            vols.append(d)
+        sizes = {s: {"volumes": sum(a == s for a in self.assignment),
+                     "slices": sum(self._n_slices(r) for r, a in zip(self.refs, self.assignment) if a == s)}
+                 for s in ("train", "val", "test")}
+        sizes["all"] = {"volumes": len(self.refs), "slices": sum(self._n_slices(r) for r in self.refs)}
+        return {"name": str(self.path), "kind": self.kind, "split": self.split, "image_size": self.image_size,
+                "images": len(self), "axis": self.axis, "normalize": self.normalize,
+                "hu_window": [self.hu_min, self.hu_max], "fit": self.fit, "split_by": self.split_by,
+                "fractions": list(self.fractions), "seed": self.seed, "shard": f"{self.rank}/{self.world_size}",
+                "sizes": sizes, "skipped_files": [str(p) for p in self.skipped], "volumes": vols}

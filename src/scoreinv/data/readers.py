@@ -1,0 +1,362 @@
+"""Read medical images into float32 volumes (D, H, W) with metadata.
+
+Formats (by suffix; DICOM files may also have no suffix and are recognised by their marker):
+- DICOM series (.dcm/.dicom/.ima): grouped by SeriesInstanceUID, one series = one volume,
+  values through the modality LUT (HU for CT); see `dicom`.
+- NIfTI (.nii, .nii.gz; nibabel): reoriented to RAS, then arranged as (z, y, x) with rows
+  anterior -> posterior and columns patient right -> left (radiological, as DICOM axial
+  images), so axis 0 gives axial slices.
+- fastMRI-style HDF5 (.h5, .hdf5; h5py): 'reconstruction_rss' or 'reconstruction_esc' if
+  present, else the magnitude of the centred orthonormal inverse 2-D FFT of 'kspace',
+  combined over coils by root-sum-of-squares and cropped to the reconSpace matrix of the
+  'ismrmrd_header' when there is one; `key` picks another dataset.
+- Images (.png, .tif, .tiff, .jpg, .jpeg; Pillow): one slice, or one per frame; colour images
+  with unequal channels are converted to luminance.
+- NumPy (.npy, .npz): 2-D (one slice) or 3-D arrays; .npz: the only array, or `key`, or the
+  first of 'image', 'volume', 'data', 'arr_0'. Complex values -> magnitude.
+Every unreadable, truncated or ill-shaped file raises ScoreinvError naming the file.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ScoreinvError
+from . import dicom
+
+KINDS = ("dicom", "nifti", "hdf5", "image", "numpy")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+NPZ_KEYS = ("image", "volume", "data", "arr_0")
+H5_KEYS = ("reconstruction_rss", "reconstruction_esc")
+
+
+def file_kind(path: Path) -> str | None:
+    """'dicom' | 'nifti' | 'hdf5' | 'image' | 'numpy', or None for other files."""
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return "hdf5"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in (".npy", ".npz"):
+        return "numpy"
+    if dicom.looks_like_dicom(path):
+        return "dicom"
+    return None
+
+
+@dataclass
+class Volume:
+    """data (D, H, W) float32; meta: name, kind, paths, hu, spacing (mm or None), ..."""
+    data: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class VolumeRef:
+    """A volume found on disk, known from headers only: `read()` loads its pixels."""
+    name: str
+    kind: str
+    paths: tuple
+    shape: tuple                      # (D, H, W)
+    hu: bool = False
+    spacing: tuple | None = None      # (d, h, w) in mm when known
+    info: dict = field(default_factory=dict)
+    key: str | None = None
+
+    def read(self) -> Volume:
+        if self.kind == "dicom":
+            data = dicom.read_series(self.info["items"])
+        elif self.kind == "nifti":
+            data = read_nifti(self.paths[0])
+        elif self.kind == "hdf5":
+            data = read_hdf5(self.paths[0], self.key)
+        elif self.kind == "image":
+            data = read_image(self.paths[0])
+        else:
+            data = read_numpy(self.paths[0], self.key)
+        if data.shape != tuple(self.shape):
+            raise ScoreinvError(f"{self.paths[0]}: read shape {data.shape} differs from the header's "
+                                f"{tuple(self.shape)}; the file may be damaged")
+        meta = {"name": self.name, "kind": self.kind, "paths": [str(p) for p in self.paths], "hu": self.hu,
+                "spacing": self.spacing, **{k: v for k, v in self.info.items() if k != "items"}}
+        return Volume(data, meta)
+
+
+def _as_volume(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """2-D -> (1, H, W); 3-D kept; (D, 1, H, W) squeezed; magnitude of complex; float32, finite."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biufc":
+        raise ScoreinvError(f"{path}: {what} has dtype {arr.dtype}; expected numbers")
+    if np.iscomplexobj(arr):
+        arr = np.abs(arr)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or min(arr.shape[1:]) < 2 or arr.shape[0] < 1:
+        raise ScoreinvError(f"{path}: {what} has shape {arr.shape}; expected a 2-D slice (H, W) or a 3-D "
+                            "volume (D, H, W) with H, W >= 2")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ScoreinvError(f"{path}: {what} holds NaN or Inf values; expected finite intensities")
+    return arr
+
+
+# --- NIfTI ----------------------------------------------------------------------------------
+def _nifti_layout(img, path: Path):
+    import nibabel as nib
+
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3:
+        raise ScoreinvError(f"{path}: NIfTI image has shape {img.shape}; expected a 3-D volume (a 4-D series "
+                            "must be split into 3-D files first)")
+    ornt = nib.orientations.io_orientation(img.affine)
+    return shape, ornt
+
+
+def nifti_header(path: Path) -> tuple[tuple, tuple]:
+    """(shape (D, H, W), spacing) of a NIfTI file after reorientation, from its header."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot read NIfTI header ({type(e).__name__}: {e}); expected a "
+                            ".nii or .nii.gz file") from e
+    shape, ornt = _nifti_layout(img, path)
+    zooms = img.header.get_zooms()[:3]
+    zooms = tuple(zooms) + (1.0,) * (3 - len(zooms))
+    ras_shape = [0, 0, 0]
+    ras_zoom = [0.0, 0.0, 0.0]
+    for i, (axis, _) in enumerate(ornt):
+        ras_shape[int(axis)] = shape[i]
+        ras_zoom[int(axis)] = float(zooms[i])
+    return tuple(ras_shape[::-1]), tuple(ras_zoom[::-1])
+
+
+def read_nifti(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape, ornt = _nifti_layout(img, path)
+        data = np.asanyarray(img.dataobj)
+        data = data.reshape(shape)
+        data = nib.orientations.apply_orientation(data, ornt)            # RAS (x, y, z)
+    except ScoreinvError:
+        raise
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot read NIfTI data ({type(e).__name__}: {e}); expected a complete "
+                            ".nii or .nii.gz file") from e
+    data = np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)[:, ::-1, ::-1])
+    return _as_volume(data, path, "NIfTI data")
+
+
+# --- HDF5 (fastMRI) -------------------------------------------------------------------------
+def _h5py():
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - h5py is a dependency
+        raise ScoreinvError("reading HDF5 needs h5py (pip install h5py)") from e
+    return h5py
+
+
+def _recon_size(f) -> tuple[int, int] | None:
+    if "ismrmrd_header" not in f:
+        return None
+    try:
+        raw = f["ismrmrd_header"][()]
+        root = ET.fromstring(raw.decode() if isinstance(raw, bytes) else str(raw))
+        ns = {"m": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
+        pre = "m:" if ns else ""
+        m = root.find(f".//{pre}encoding/{pre}reconSpace/{pre}matrixSize", ns)
+        return int(m.find(f"{pre}x", ns).text), int(m.find(f"{pre}y", ns).text)
+    except Exception:  # a header we cannot parse: no crop, said in the metadata
+        return None
+
+
+def _h5_choice(f, path: Path, key: str | None) -> str:
+    if key is not None:
+        if key not in f:
+            raise ScoreinvError(f"{path}: no dataset {key!r}; datasets: {', '.join(f.keys())}")
+        return key
+    for k in (*H5_KEYS, "kspace"):
+        if k in f:
+            return k
+    raise ScoreinvError(f"{path}: no 'reconstruction_rss', 'reconstruction_esc' or 'kspace' dataset "
+                        f"(found: {', '.join(f.keys()) or 'none'}); pass the dataset name as h5_key")
+
+
+def hdf5_header(path: Path, key: str | None = None) -> tuple[tuple, str, bool]:
+    """(shape (D, H, W), dataset used, cropped?) from the HDF5 metadata, without reading pixels."""
+    h5py = _h5py()
+    try:
+        with h5py.File(str(path), "r") as f:
+            k = _h5_choice(f, path, key)
+            shape = tuple(f[k].shape)
+            crop = _recon_size(f) if k == "kspace" else None
+    except ScoreinvError:
+        raise
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot open HDF5 file ({type(e).__name__}: {e}); expected a complete "
+                            ".h5 file") from e
+    if k == "kspace":
+        if len(shape) not in (3, 4):
+            raise ScoreinvError(f"{path}: 'kspace' has shape {shape}; expected (slices, H, W) or "
+                                "(slices, coils, H, W)")
+        shape = (shape[0], *shape[-2:])
+        if crop:
+            shape = (shape[0], min(crop[0], shape[1]), min(crop[1], shape[2]))
+    return shape, k, bool(crop)
+
+
+def _ifft2c(k: np.ndarray) -> np.ndarray:
+    """Centred, orthonormal inverse 2-D FFT over the last two axes."""
+    ax = (-2, -1)
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho"), axes=ax)
+
+
+def _center_crop(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    H, W = a.shape[-2:]
+    h, w = min(h, H), min(w, W)
+    i, j = (H - h) // 2, (W - w) // 2
+    return a[..., i:i + h, j:j + w]
+
+
+def read_hdf5(path: Path, key: str | None = None) -> np.ndarray:
+    h5py = _h5py()
+    try:
+        with h5py.File(str(path), "r") as f:
+            k = _h5_choice(f, path, key)
+            ds = f[k]
+            if k != "kspace":
+                data = np.asarray(ds[()])
+            else:
+                if ds.ndim not in (3, 4):
+                    raise ScoreinvError(f"{path}: 'kspace' has shape {ds.shape}; expected (slices, H, W) or "
+                                        "(slices, coils, H, W)")
+                crop = _recon_size(f)
+                out = []
+                for s in range(ds.shape[0]):                             # slice by slice: bounded memory
+                    img = np.abs(_ifft2c(np.asarray(ds[s])))
+                    if img.ndim == 3:
+                        img = np.sqrt((img ** 2).sum(0))                 # root-sum-of-squares over coils
+                    out.append(_center_crop(img, *crop) if crop else img)
+                data = np.stack(out)
+    except ScoreinvError:
+        raise
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot read HDF5 data ({type(e).__name__}: {e}); expected a complete "
+                            ".h5 file") from e
+    return _as_volume(data, path, f"HDF5 dataset {k!r}")
+
+
+# --- 2-D images -----------------------------------------------------------------------------
+def _open_image(path: Path):
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - Pillow comes with matplotlib
+        raise ScoreinvError("reading PNG/TIFF/JPEG needs Pillow (pip install pillow)") from e
+    try:
+        return Image.open(str(path))
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot open image ({type(e).__name__}: {e}); expected a PNG, TIFF or "
+                            "JPEG file") from e
+
+
+def image_header(path: Path) -> tuple:
+    with _open_image(path) as im:
+        return (int(getattr(im, "n_frames", 1)), im.size[1], im.size[0])
+
+
+def _frame_array(im) -> np.ndarray:
+    if im.mode in ("RGB", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr"):
+        rgb = np.asarray(im.convert("RGB"))
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            return rgb[..., 0]
+        return np.asarray(im.convert("L"))
+    return np.asarray(im)
+
+
+def read_image(path: Path) -> np.ndarray:
+    from PIL import ImageSequence
+
+    try:
+        with _open_image(path) as im:
+            frames = [_frame_array(fr) for fr in ImageSequence.Iterator(im)]
+    except ScoreinvError:
+        raise
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot decode image ({type(e).__name__}: {e}); the file may be "
+                            "truncated or damaged") from e
+    if len({f.shape for f in frames}) > 1:
+        raise ScoreinvError(f"{path}: frames have different shapes {sorted({f.shape for f in frames})}; "
+                            "expected one shape for every slice")
+    return _as_volume(np.stack(frames), path, "image")
+
+
+# --- NumPy ----------------------------------------------------------------------------------
+def _npz_key(z, path: Path, key: str | None) -> str:
+    names = list(z.files)
+    if key is not None:
+        if key not in names:
+            raise ScoreinvError(f"{path}: no array {key!r}; arrays: {', '.join(names)}")
+        return key
+    if len(names) == 1:
+        return names[0]
+    for k in NPZ_KEYS:
+        if k in names:
+            return k
+    raise ScoreinvError(f"{path}: holds arrays {', '.join(names) or 'none'}; expected one array, or one named "
+                        f"{', '.join(NPZ_KEYS)} (or pass npz_key)")
+
+
+def read_numpy(path: Path, key: str | None = None, mmap: bool = False) -> np.ndarray:
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(str(path), allow_pickle=False) as z:
+                arr = z[_npz_key(z, path, key)]
+        else:
+            arr = np.load(str(path), allow_pickle=False, mmap_mode="r" if mmap else None)
+            if mmap:
+                return arr
+    except ScoreinvError:
+        raise
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot read NumPy array ({type(e).__name__}: {e}); expected a complete "
+                            ".npy/.npz file of numbers") from e
+    return _as_volume(arr, path, "array")
+
+
+def numpy_header(path: Path, key: str | None = None) -> tuple:
+    if path.suffix.lower() == ".npz":
+        return read_numpy(path, key).shape
+    arr = read_numpy(path, mmap=True)
+    shape = arr.shape
+    if arr.ndim == 4 and shape[1] == 1:
+        shape = (shape[0], *shape[2:])
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or arr.dtype.kind not in "biufc":
+        _as_volume(np.asarray(arr), path, "array")     # raises the descriptive error
+    return tuple(shape)
+
+
+def read_volume(path, key: str | None = None) -> Volume:
+    """Read one file (or all DICOM series files of a folder's single series) into a Volume."""
+    from .folder import scan
+
+    refs = scan(path, key=key)
+    if len(refs) != 1:
+        raise ScoreinvError(f"{path}: holds {len(refs)} volumes; expected exactly one (use a folder dataset)")
+    return refs[0].read()

@@ -1,0 +1,74 @@
+"""build_dataset: the one entry point from a dataset spec to a dataset object.
+
+    build_dataset("phantoms" | "ellipses" | "brain" | PATH, split, image_size, seed=0, **options)
+
+Options are checked against the chosen dataset's own list (OPTIONS); an unknown option, an
+unknown name that is not an existing path, or an empty split raises ScoreinvError. The generic
+data options (axis, normalize, hu_min, hu_max) may be passed to every dataset at their default
+values (NEUTRAL), so a caller can forward a whole data configuration; a non-default value
+where it means nothing (e.g. axis=1 for phantoms) raises.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ScoreinvError
+from .base import SliceDataset
+
+BUILTIN_DATASETS = ("phantoms", "ellipses", "brain")
+_PROC = ("n_train", "n_val", "n_test")
+OPTIONS = {
+    "phantoms": ("hu_min", "hu_max", "antialias", *_PROC),
+    "ellipses": ("hu_min", "hu_max", "antialias", *_PROC),
+    "brain": ("contrasts", "deform", "noise", "bias", *_PROC),
+    "folder": ("axis", "normalize", "hu_min", "hu_max", "fractions", "fit", "split_by", "cache_mb",
+               "h5_key", "npz_key"),
+}
+DESCRIPTIONS = {
+    "phantoms": "textured random CT phantoms in HU (head, chest, abdomen): smooth tissue fields, grain, vessels",
+    "ellipses": "plain random-ellipse CT phantoms in HU (piecewise constant; exact ellipse lists)",
+    "brain": "MRI-like axial brain slices from the MNI152 template with random contrast and deformation",
+}
+
+
+# folder/CT options a caller may pass to every dataset: at these values they change nothing
+NEUTRAL = {"axis": 0, "normalize": "auto", "hu_min": -1024.0, "hu_max": 3200.0}
+
+
+def _check_options(kind: str, options: dict) -> None:
+    for k in [k for k in options if k not in OPTIONS[kind] and k in NEUTRAL]:
+        if options[k] != NEUTRAL[k]:
+            raise ScoreinvError(f"option {k}={options[k]!r} does not apply to the {kind} dataset "
+                                f"(only its default {NEUTRAL[k]!r} is accepted); options of {kind}: "
+                                f"{', '.join(OPTIONS[kind])}")
+        del options[k]
+    bad = sorted(set(options) - set(OPTIONS[kind]))
+    if bad:
+        raise ScoreinvError(f"unknown option(s) {', '.join(bad)} for the {kind} dataset; expected some of: "
+                            f"{', '.join(OPTIONS[kind])}")
+
+
+def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -> SliceDataset:
+    """A dataset of (1, S, S) float32 slices in [0, 1] (see base.SliceDataset).
+
+    spec: "phantoms" (textured CT phantoms), "ellipses" (plain CT phantoms), "brain" (MNI152
+    slices), or a folder/file path. split: "train" | "val" | "test" | "all" ("all" for paths
+    only).
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    if isinstance(spec, str) and spec in BUILTIN_DATASETS:
+        _check_options(spec, options)
+        if spec == "brain":
+            from .brain import BrainDataset
+            return BrainDataset(split, image_size, seed, **options)
+        from .procedural import PhantomDataset
+        return PhantomDataset(split, image_size, seed, textured=spec == "phantoms", **options)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ScoreinvError(f"dataset must be a name or a path, got {type(spec).__name__}")
+    if not Path(spec).exists():
+        raise ScoreinvError(f"unknown dataset {str(spec)!r}: not a built-in ({', '.join(BUILTIN_DATASETS)}) "
+                            "and no such file or folder")
+    _check_options("folder", options)
+    from .folder import FolderDataset
+    return FolderDataset(spec, split, image_size, seed, **options)

@@ -1,0 +1,100 @@
+"""The measurement file: round trip, operator rebuild, and clear errors on bad files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scoreinv.errors import ScoreinvError
+from scoreinv.physics.masks import make_mask
+from scoreinv.physics.measurements import FORMAT_VERSION, load_measurements, save_measurements
+from scoreinv.physics.mri import CartesianMRI
+from scoreinv.physics.sense import SenseMRI, birdcage_maps
+
+
+def _mri_file(tmp_path, name="m.npz"):
+    op = CartesianMRI(make_mask("equispaced", (16, 16), 4))
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = op.forward(x)
+    p = tmp_path / name
+    save_measurements(p, "mri", op, y, {"model": "gaussian", "level": 0.01}, ground_truth=x,
+                      extras={"note": np.arange(3)})
+    return p, op, x, y
+
+
+def test_roundtrip_cartesian(tmp_path):
+    p, op, x, y = _mri_file(tmp_path)
+    m = load_measurements(p)
+    assert m.task == "mri" and len(m) == 3 and m.image_size == (16, 16)
+    assert m.noise == {"model": "gaussian", "level": 0.01}
+    assert torch.equal(m.y, y) and torch.equal(m.ground_truth, x)
+    assert np.array_equal(m.extras["note"], np.arange(3))
+    op2 = m.operator()
+    assert torch.equal(op2.mask, op.mask)
+    assert torch.allclose(op2.forward(x), y)
+
+
+def test_roundtrip_sense(tmp_path):
+    maps = birdcage_maps(3, (12, 12))
+    op = SenseMRI(maps, make_mask("random", (12, 12), 2, seed=1), complex_image=True)
+    x = torch.rand(2, 1, 12, 12) + 1j * torch.rand(2, 1, 12, 12)
+    y = op.forward(x.to(torch.complex64))
+    save_measurements(tmp_path / "s.npz", "mri", op, y, {"model": "none", "level": 0.0})
+    op2 = load_measurements(tmp_path / "s.npz").operator()
+    assert isinstance(op2, SenseMRI) and op2.complex_image
+    assert torch.allclose(op2.forward(x.to(torch.complex64)), y)
+
+
+def _rewrite(src, dst, drop=(), **replace):
+    with np.load(src) as z:
+        d = {k: z[k] for k in z.files if k not in drop}
+    d.update(replace)
+    np.savez(dst, **d)
+    return dst
+
+
+def test_bad_files(tmp_path):
+    p, *_ = _mri_file(tmp_path)
+    with pytest.raises(ScoreinvError, match="no such"):
+        load_measurements(tmp_path / "missing.npz")
+    with pytest.raises(ScoreinvError, match="version 2 is not supported; expected 1"):
+        load_measurements(_rewrite(p, tmp_path / "v.npz", format_version=np.array(FORMAT_VERSION + 1)))
+    with pytest.raises(ScoreinvError, match="missing key.*noise"):
+        load_measurements(_rewrite(p, tmp_path / "k.npz", drop=("noise",)))
+    with pytest.raises(ScoreinvError, match="unknown task"):
+        load_measurements(_rewrite(p, tmp_path / "t.npz", task=np.array("pet")))
+    with pytest.raises(ScoreinvError, match="not valid JSON"):
+        load_measurements(_rewrite(p, tmp_path / "j.npz", operator=np.array("{kind")))
+    with pytest.raises(ScoreinvError, match="NaN"):
+        bad = np.full((3, 16, 16), np.nan, dtype=np.complex64)
+        load_measurements(_rewrite(p, tmp_path / "n.npz", measurements=bad))
+    # truncated and garbage files name the file
+    data = p.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ScoreinvError, match="trunc.npz.*unreadable or truncated"):
+        load_measurements(tmp_path / "trunc.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(ScoreinvError, match="junk.npz"):
+        load_measurements(tmp_path / "junk.npz")
+    # operator problems surface when rebuilding
+    m = load_measurements(_rewrite(p, tmp_path / "o.npz", operator=np.array(json.dumps({"kind": "spect"}))))
+    with pytest.raises(ScoreinvError, match="unknown operator kind 'spect'"):
+        m.operator()
+    m = load_measurements(_rewrite(p, tmp_path / "d.npz", drop=("op_mask",)))
+    with pytest.raises(ScoreinvError, match="op_mask"):
+        m.operator()
+    m = load_measurements(_rewrite(p, tmp_path / "s.npz", op_mask=np.ones((8, 8), dtype=bool)))
+    with pytest.raises(ScoreinvError, match="image_size"):
+        m.operator()
+
+
+def test_save_validates(tmp_path):
+    op = CartesianMRI(make_mask("equispaced", (16, 16), 4))
+    with pytest.raises(ScoreinvError, match="unknown task"):
+        save_measurements(tmp_path / "a.npz", "pet", op, torch.zeros(1, 16, 16, dtype=torch.complex64), {})
+    with pytest.raises(ScoreinvError, match="measurements"):
+        save_measurements(tmp_path / "a.npz", "mri", op, torch.zeros(1, 8, 8, dtype=torch.complex64), {})
+    with pytest.raises(ScoreinvError, match="noise model"):
+        save_measurements(tmp_path / "a.npz", "mri", op, torch.zeros(1, 16, 16, dtype=torch.complex64),
+                          {"model": "laplace"})
+    assert not (tmp_path / "a.npz").exists()

@@ -1,0 +1,137 @@
+"""Training: determinism, resume after SIGKILL, DDP under torchrun, refusal of mixed work dirs."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoreinv import config as C
+from scoreinv.errors import ScoreinvError
+from scoreinv.score import load_score_model, read_checkpoint
+from scoreinv.train import train
+
+TINY = ["data.image_size=16", "model.nf=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]",
+        "train.batch_size=4", "train.snapshot_every=0", "train.log_every=1", "train.num_threads=1"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RandomImages:
+    def __len__(self):
+        return 64
+
+    def sample_batch(self, b, g):
+        return torch.rand(b, 1, 16, 16, generator=g)
+
+    def shard(self, rank, world):
+        return self
+
+
+def test_same_seed_same_loss_curve(tmp_path):
+    cfg = C.load_config("ct64", TINY + ["train.max_steps=4"])
+    a = train(cfg, tmp_path / "a", dataset=RandomImages(), progress=False)["losses"]
+    b = train(cfg, tmp_path / "b", dataset=RandomImages(), progress=False)["losses"]
+    c = train(C.load_config("ct64", TINY + ["train.max_steps=4", "train.seed=1"]), tmp_path / "c",
+              dataset=RandomImages(), progress=False)["losses"]
+    assert a == b and len(a) == 4
+    assert a != c
+
+
+def test_resume_continues_the_same_curve(tmp_path):
+    cfg = C.load_config("ct64", TINY + ["train.max_steps=6", "train.meta_every=1"])
+    full = train(cfg, tmp_path / "full", dataset=RandomImages(), progress=False)["losses"]
+    first = train(cfg, tmp_path / "split", dataset=RandomImages(), progress=False, stop_after=3)
+    assert first["step"] == 3
+    second = train(cfg, tmp_path / "split", dataset=RandomImages(), progress=False)
+    assert second["step"] == 6
+    assert first["losses"] + second["losses"] == pytest.approx(full, rel=1e-5)
+
+
+def test_workdir_of_another_configuration_is_refused(tmp_path):
+    train(C.load_config("ct64", TINY + ["train.max_steps=1"]), tmp_path, dataset=RandomImages(), progress=False)
+    with pytest.raises(ScoreinvError, match="another configuration"):
+        train(C.load_config("ct64", TINY + ["train.max_steps=2", "model.nf=16"]), tmp_path,
+              dataset=RandomImages(), progress=False)
+    # a longer run of the same configuration resumes
+    assert train(C.load_config("ct64", TINY + ["train.max_steps=2"]), tmp_path, dataset=RandomImages(),
+                 progress=False)["step"] == 2
+
+
+def test_checkpoint_checks(tmp_path):
+    train(C.load_config("ct64", TINY + ["train.max_steps=1"]), tmp_path, dataset=RandomImages(), progress=False)
+    with pytest.raises(ScoreinvError, match="32x32"):
+        load_score_model(str(tmp_path), image_size=32)
+    ck = read_checkpoint(tmp_path / "checkpoints-meta" / "checkpoint.pt")
+    del ck["ema"]
+    torch.save(ck, tmp_path / "noema.pt")
+    with pytest.raises(ScoreinvError, match="EMA"):
+        load_score_model(str(tmp_path / "noema.pt"))
+    ck2 = read_checkpoint(tmp_path / "checkpoints-meta" / "checkpoint.pt")
+    ck2["config"]["model"]["nf"] = 16  # weights of another architecture
+    torch.save(ck2, tmp_path / "other.pt")
+    with pytest.raises(ScoreinvError, match="does not fit"):
+        load_score_model(str(tmp_path / "other.pt"))
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "noema.pt").read_bytes()[:500])
+    with pytest.raises(ScoreinvError, match="cannot read checkpoint"):
+        load_score_model(str(tmp_path / "trunc.pt"))
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "scoreinv.cli", *args]
+
+
+def test_sigkill_during_training_and_checkpoint_writes_resumes(tmp_path):
+    """Kill -9 repeatedly (meta-checkpoint written every step, so kills land inside writes);
+    every restart resumes from the last good meta-checkpoint and the step counter continues."""
+    wd = tmp_path / "run"
+    args = ["train", "--config", "ct64", "--workdir", str(wd), "--data", "ellipses", "--no-progress",
+            "--max-steps", "1000"] + [a for kv in TINY + ["train.meta_every=1", "train.checkpoint_every=100000"]
+                                      for a in ("--set", kv)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    meta = wd / "checkpoints-meta" / "checkpoint.pt"
+    last_step, saw_partial_write = 0, False
+    for attempt in range(8):
+        proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        # wait until this run has moved past the previous step, then kill at a varying moment
+        while time.time() < deadline:
+            if meta.exists():
+                try:
+                    step = read_checkpoint(meta)["step"]
+                except ScoreinvError:
+                    pytest.fail("meta-checkpoint was corrupt while training ran")
+                if step >= last_step + 2:
+                    break
+            time.sleep(0.05)
+        time.sleep(0.013 * attempt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        saw_partial_write |= any(wd.glob("**/.*.tmp*"))
+        step = read_checkpoint(meta)["step"]  # must be readable after every kill
+        assert step >= last_step, "step counter went backwards"
+        last_step = step
+        if attempt >= 2 and saw_partial_write:
+            break
+    assert saw_partial_write, "no kill landed inside a checkpoint write"
+    out = subprocess.run(_cli(*args[:-1], str(last_step + 2)), env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"resuming at step {last_step}" in out.stdout
+    assert read_checkpoint(meta)["step"] == last_step + 2
+    assert not any(wd.glob("**/.*.tmp*"))
+
+
+def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
+    wd = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           str(ROOT / "tests" / "ddp_worker.py"), str(wd), *TINY, "train.max_steps=3", "data.dataset=ellipses"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    w0 = torch.load(wd / "weights_rank0.pt")
+    w1 = torch.load(wd / "weights_rank1.pt")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    assert read_checkpoint(wd / "checkpoints-meta" / "checkpoint.pt")["step"] == 3
