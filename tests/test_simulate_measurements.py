@@ -98,3 +98,15 @@ def test_save_validates(tmp_path):
         save_measurements(tmp_path / "a.npz", "mri", op, torch.zeros(1, 16, 16, dtype=torch.complex64),
                           {"model": "laplace"})
     assert not (tmp_path / "a.npz").exists()
+
+
+def test_roundtrip_ct_operators(tmp_path):
+    from scoreinv.physics.ct import ParallelBeamCT
+    from scoreinv.physics.fourier_slice import FourierSliceCT
+    x = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    for op in (ParallelBeamCT.sparse_view(12, 5, pixel_size=0.5), FourierSliceCT(12)):
+        y = op.forward(x)
+        save_measurements(tmp_path / "c.npz", "ct", op, y, {"model": "none", "level": 0.0}, ground_truth=x)
+        op2 = load_measurements(tmp_path / "c.npz").operator()
+        assert type(op2) is type(op) and op2.geometry == op.geometry
+        assert torch.allclose(op2.forward(x), y)

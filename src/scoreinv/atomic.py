@@ -22,6 +22,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -58,3 +59,10 @@ def savez(path: str | os.PathLike, **arrays) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     write_bytes(path, buf.getvalue())
+
+
+def _umask() -> int:
+    """The process umask (read without changing it for long), so results get normal permissions."""
+    m = os.umask(0)
+    os.umask(m)
+    return m

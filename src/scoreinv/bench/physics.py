@@ -4,12 +4,15 @@
 default detector (364 bins of 1 pixel). Reports, as `key: value`:
 
 - setup_ms: one-time build of our sparse system matrix (A and Aᵀ); nnz: its non-zeros.
-- fp_ms, fbp_ms: our forward projection and ramp FBP (median of `repeats`, after warm-up).
+- fp_ms, fbp_ms: our forward projection and ramp FBP (median of `repeats`, after warm-up),
+  with torch's default threads; fp_ms_1thread, fbp_ms_1thread: the same on one thread (ASTRA's
+  CPU code is single-threaded; on a loaded machine one thread is also the steadier figure).
 - astra_fp_ms, astra_fbp_ms: ASTRA CPU 'strip' projector (the same strip-area model) FP and
   FBP (ram-lak) algorithms, array in to array out, median; astra_line_*: the 'line' projector.
   ratio_vs_astra = (fp_ms + fbp_ms) / (astra_fp_ms + astra_fbp_ms) (strip);
-  ratio_vs_astra_line likewise. ASTRA setup (geometry, projector, algorithm objects) is
-  excluded. Timings are interleaved so that machine load affects both alike.
+  ratio_vs_astra_line likewise; *_1thread: the same with our one-thread timings. ASTRA setup
+  (geometry, projector, algorithm objects) is excluded. Timings are interleaved so that
+  machine load affects both alike.
 - fp_rel_err_vs_astra (strip), fp_rel_err_vs_astra_line: ‖ours - astra‖ / ‖astra‖ on the
   same geometry (ASTRA's angle and detector conventions coincide with ours).
 - fp_rel_err_vs_skimage: against `skimage.transform.radon(circle=False)`, whose rotation
@@ -89,7 +92,7 @@ class _Astra:
         self.astra.projector.delete(self.pid)
 
 
-def run(n: int = 256, n_views: int = 180, repeats: int = 7) -> dict[str, float]:
+def run(n: int = 256, n_views: int = 180, repeats: int = 11) -> dict[str, float]:
     """Run the benchmark once; return {name: value} (see module docstring)."""
     from skimage.transform import iradon, radon
 
@@ -120,11 +123,18 @@ def run(n: int = 256, n_views: int = 180, repeats: int = 7) -> dict[str, float]:
     ast = {k: _Astra(astra, k, img, ang, geo.n_det) for k in ("strip", "line")} if astra else {}
     sino_np = y[0].numpy()
     times: dict[str, list[float]] = {}
+    threads = torch.get_num_threads()
     for _ in range(repeats):
         for key, fn in [("fp_ms", lambda: op(x)), ("fbp_ms", lambda: op.fbp(y))] + [
                 (f"astra_{k}_fp_ms", (lambda a=a: a.fp(img))) for k, a in ast.items()] + [
                 (f"astra_{k}_fbp_ms", (lambda a=a: a.fbp(sino_np))) for k, a in ast.items()]:
             times.setdefault(key, []).append(_timed(fn)[0])
+        torch.set_num_threads(1)  # ASTRA's CPU code is single-threaded: also time ours on one thread
+        try:
+            times.setdefault("fp_ms_1thread", []).append(_timed(lambda: op(x))[0])
+            times.setdefault("fbp_ms_1thread", []).append(_timed(lambda: op.fbp(y))[0])
+        finally:
+            torch.set_num_threads(threads)
     out.update({k: statistics.median(v) for k, v in times.items()})
     rec = op.fbp(y)[0, 0].numpy()
     out["fbp_psnr"] = _psnr(img, rec)
@@ -134,6 +144,9 @@ def run(n: int = 256, n_views: int = 180, repeats: int = 7) -> dict[str, float]:
         out["astra_fbp_ms"] = out.pop("astra_strip_fbp_ms")
         out["ratio_vs_astra"] = (out["fp_ms"] + out["fbp_ms"]) / (out["astra_fp_ms"] + out["astra_fbp_ms"])
         out["ratio_vs_astra_line"] = (out["fp_ms"] + out["fbp_ms"]) / (out["astra_line_fp_ms"] + out["astra_line_fbp_ms"])
+        ours1 = out["fp_ms_1thread"] + out["fbp_ms_1thread"]
+        out["ratio_vs_astra_1thread"] = ours1 / (out["astra_fp_ms"] + out["astra_fbp_ms"])
+        out["ratio_vs_astra_line_1thread"] = ours1 / (out["astra_line_fp_ms"] + out["astra_line_fbp_ms"])
         s_strip = ast["strip"].fp(img)
         out["fp_rel_err_vs_astra"] = _rel(sino_np, s_strip)
         out["fp_rel_err_vs_astra_line"] = _rel(sino_np, ast["line"].fp(img))

@@ -115,7 +115,8 @@ def run_inspect(args) -> int:
         for s in ("train", "val", "test", "all"):
             print(f"  {s:<6} {d['sizes'][s]['volumes']:>5} volume(s) {d['sizes'][s]['slices']:>7} slice(s)")
         vols = d["volumes"]
-        print(f"volumes   {len(vols)}" + (f" (first {args.max_volumes} listed)" if len(vols) > args.max_volumes else ""))
+        more = f" (first {args.max_volumes} listed)" if len(vols) > args.max_volumes else ""
+        print(f"volumes   {len(vols)}{more}")
         for v in vols[:args.max_volumes]:
             extra = f" range {_fmt_range(v['range'])}" if "range" in v else ""
             extra += f" {v['modality']}" if "modality" in v else ""

@@ -1,19 +1,21 @@
 """`scoreinv simulate`: make measurements (CT, MRI, MAR) from images, or show a measurement file.
 
-Thin layer: read images, build the operator and noise from the options, call the physics, write
-the file (`scoreinv.physics.measurements`). Input readers here are minimal (a 2-D image or a
-volume of slices from .npy/.npz/.png/.jpg/.tif/DICOM file or folder/NIfTI).
+Thin layer: read images, build the operator and noise from the options, call the simulation in
+`scoreinv.tasks` (shared with eval/tune/demo), write the file (`scoreinv.physics.measurements`).
+Input readers here are minimal (a 2-D image or a volume of slices from .npy/.npz/.png/.jpg/.tif/
+DICOM file or folder/NIfTI).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 import numpy as np
 import torch
 
+from .. import tasks
 from ..errors import ScoreinvError, check_finite, check_range
+from ..tasks import project_fine  # noqa: F401  (re-exported: simulation lives in scoreinv.tasks)
 
 HELP = """Simulate measurements from images.
 
@@ -61,7 +63,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     ct.add_argument("--detector-distance", type=float, help="fan beam: source to detector in mm (default 2 x source)")
     ct.add_argument("--upsample", type=int, default=4, help="CT: projection grid refinement against the inverse "
                     "crime (default 4; 1 = same grid)")
-    ct.add_argument("--mu-max", type=float, default=0.5, help="CT noise: attenuation (1/cm) of image value 1 (default 0.5)")
+    ct.add_argument("--mu-max", type=float, default=0.81,
+                    help="CT noise: attenuation (1/cm) of image value 1 (default 0.81 = 3200 HU, the top of the "
+                         "[-1024, 3200] HU window: 0.192 x 4.2 /cm)")
     mri = p.add_argument_group("MRI")
     mri.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor R (default 4)")
     mri.add_argument("--mask", default="equispaced", choices=("equispaced", "random", "variable_density", "radial"),
@@ -78,7 +82,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 # --- reading images ---------------------------------------------------------------------------
-def _read_dicom(path: str) -> tuple[np.ndarray, bool]:
+def _read_dicom(path: str, headers: list | None = None) -> tuple[np.ndarray, bool]:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_rescale
@@ -95,25 +99,31 @@ def _read_dicom(path: str) -> tuple[np.ndarray, bool]:
             continue  # a folder may hold other files
         pos = getattr(ds, "ImagePositionPatient", None)
         key = float(pos[2]) if pos is not None else float(getattr(ds, "InstanceNumber", len(slices)))
-        slices.append((key, arr, getattr(ds, "Modality", "") == "CT"))
+        slices.append((key, arr, getattr(ds, "Modality", "") == "CT", ds))
     if not slices:
         raise ScoreinvError(f"{path}: no readable DICOM images")
     slices.sort(key=lambda s: s[0])
     shapes = {s[1].shape for s in slices}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ScoreinvError(f"{path}: DICOM slices must be 2-D and of one size, got {sorted(shapes)}")
+    if headers is not None:
+        headers.extend(s[3] for s in slices)
     return np.stack([s[1] for s in slices]), all(s[2] for s in slices)
 
 
-def read_images(path: str) -> tuple[np.ndarray, bool]:
-    """Read an image or volume -> ((N, H, W) float64, is_hu). Raises ScoreinvError if unreadable."""
+def read_images(path: str, dicom_headers: list | None = None) -> tuple[np.ndarray, bool]:
+    """Read an image or volume -> ((N, H, W) float64, is_hu). Raises ScoreinvError if unreadable.
+
+    For DICOM input, the datasets of the slices (in the returned order) are appended to
+    `dicom_headers` when a list is given.
+    """
     if not path or not os.path.exists(path):
         raise ScoreinvError(f"input {path!r}: no such file or folder")
     low = path.lower()
     is_hu = False
     try:
         if os.path.isdir(path) or low.endswith((".dcm", ".dicom", ".ima")):
-            arr, is_hu = _read_dicom(path)
+            arr, is_hu = _read_dicom(path, dicom_headers)
         elif low.endswith(".npy"):
             arr = np.load(path, allow_pickle=False)
         elif low.endswith(".npz"):
@@ -185,127 +195,41 @@ def prepare_images(arr: np.ndarray, is_hu: bool, intensity: str, size: int | Non
     return torch.from_numpy(np.clip(arr, 0.0, 1.0)).float()[:, None]
 
 
-# --- simulation -------------------------------------------------------------------------------
+# --- simulation (scoreinv.tasks holds the physics; these adapt the command-line options) ------
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _ct_geometry(args, n: int):
-    from ..physics.geometry import FanGeometry, ParallelGeometry, dense_angles, sparse_view_indices
-    dense = args.dense_views or n
-    if dense < 1:
-        raise ScoreinvError(f"--dense-views {dense}: expected a positive number")
-    if args.fan:  # full scan; sparse view = fewer views, evenly spaced over 2π (so FBP applies)
-        angles = dense_angles(args.views or dense, 2 * math.pi)
-    else:
-        angles = dense_angles(dense, math.pi)
-        if args.views is not None:
-            angles = angles[sparse_view_indices(dense, args.views)]
-    pixel = args.pixel_size if args.pixel_size is not None else 1.0
-    if args.fan:
-        return FanGeometry(n, angles, pixel, args.source_distance, args.detector_distance,
-                           n_det=args.detectors, det_spacing=args.det_spacing)
-    return ParallelGeometry(n, angles, pixel, n_det=args.detectors, det_spacing=args.det_spacing)
-
-
-def _ct_operator(geometry):
-    from ..physics.measurements import _build_ct, geometry_spec
-    return _build_ct({"geometry": geometry_spec(geometry)}, {"angles": geometry.angles})
-
-
-def project_fine(geometry, x: torch.Tensor, factor: int, max_nnz: float = 3e7) -> torch.Tensor:
-    """Sinograms (N, V, D) of x (N, 1, S, S) upsampled `factor` times (bicubic, clamped at 0) and
-    projected with the same physical geometry on the finer grid (no inverse crime).
-
-    The fine system matrix is built for chunks of views (at most about `max_nnz` non-zeros
-    each, ≈ 1.3 non-zeros per pixel and view) so memory stays bounded; the chunk matrices are
-    dropped from the projector cache after use.
-    """
-    import torch.nn.functional as F
-
-    from ..physics.projector import clear_cache
-    fine = geometry.refine(factor)
-    per_view = 1.5 * fine.n ** 2
-    chunk = max(1, int(max_nnz // per_view))
-    n_views = geometry.n_views
-    out = torch.empty(x.shape[0], n_views, geometry.n_det)
-    for v0 in range(0, n_views, chunk):
-        op = _ct_operator(fine.with_angles(fine.angles[v0:v0 + chunk]))
-        for b0 in range(0, x.shape[0], 8):
-            xf = F.interpolate(x[b0:b0 + 8], scale_factor=factor, mode="bicubic", align_corners=False)
-            out[b0:b0 + 8, v0:v0 + chunk] = op.forward(xf.clamp_min(0.0))
-        if chunk < n_views:
-            clear_cache()
-    return out
-
-
 def simulate_ct(args, x: torch.Tensor, g: torch.Generator):
     """Sinograms of x (N, 1, S, S), projected on an `--upsample`-times finer grid (bicubic)."""
-    geometry = _ct_geometry(args, x.shape[-1])
-    op = _ct_operator(geometry)
-    f = int(args.upsample)
-    if f < 1:
-        raise ScoreinvError(f"--upsample {f}: expected a positive integer")
-    y = project_fine(geometry, x, f) if f > 1 else op.forward(x)
-    noise = {"model": "none", "level": 0.0}
+    geometry = tasks.ct_geometry(x.shape[-1], args.views, args.dense_views, args.fan, args.pixel_size,
+                                 args.detectors, args.det_spacing, args.source_distance, args.detector_distance)
+    if args.upsample < 1:
+        raise ScoreinvError(f"--upsample {args.upsample}: expected a positive integer")
     if args.noise < 0:
         raise ScoreinvError(f"--noise {args.noise}: expected photons per ray >= 0")
-    if args.noise > 0:
-        from ..physics.noise import add_poisson_noise
-        # line integrals p = y · μ_max / 10 (μ·cm, image value 1 = μ_max per cm, y in mm · value)
-        scale = check_range("--mu-max", args.mu_max, 1e-9) / 10.0
-        y = (add_poisson_noise(y.double() * scale, args.noise, g) / scale).float()
-        noise = {"model": "poisson", "level": args.noise, "photons": args.noise, "mu_max_per_cm": args.mu_max}
-    return op, y, noise, {}
+    return tasks.simulate_ct(x, g, geometry, args.upsample, args.noise, check_range("--mu-max", args.mu_max, 1e-9))
 
 
 def simulate_mri(args, x: torch.Tensor, g: torch.Generator):
     """k-space of x (N, 1, H, W): single coil (CartesianMRI) or SENSE with birdcage maps."""
-    from ..physics.masks import make_mask
-    from ..physics.mri import CartesianMRI, kspace_rms
-    from ..physics.sense import SenseMRI, birdcage_maps
-    shape = tuple(x.shape[-2:])
-    mask = make_mask(args.mask, shape, args.acceleration, args.center_fraction, generator=g)
     if args.coils < 1:
         raise ScoreinvError(f"--coils {args.coils}: expected at least 1")
-    op = CartesianMRI(mask) if args.coils == 1 else SenseMRI(birdcage_maps(args.coils, shape), mask)
-    y = op.forward(x)
-    noise = {"model": "none", "level": 0.0}
     if args.noise < 0:
         raise ScoreinvError(f"--noise {args.noise}: expected a relative standard deviation >= 0")
-    if args.noise > 0:
-        from ..physics.noise import add_complex_gaussian
-        sigma = args.noise * kspace_rms(y, op.mask)  # (N,): complex std, E|n|^2 = sigma^2
-        y = add_complex_gaussian(y, sigma / math.sqrt(2), g, op.mask)
-        noise = {"model": "gaussian", "level": args.noise, "sigma": sigma.tolist(),
-                 "note": "complex Gaussian on sampled k-space, E|n|^2 = sigma^2, sigma = level x RMS of "
-                         "the sampled k-space (per-component std sigma / sqrt(2))"}
-    return op, y, noise, {}
+    return tasks.simulate_mri(x, g, args.mask, args.acceleration, args.center_fraction, args.coils, args.noise)
 
 
 def simulate_mar_task(args, x: torch.Tensor, g: torch.Generator):
     """Metal-artifact scans of x (N, 1, S, S): the MAR operator, its measurements and the images."""
-    from ..physics.mar import MarOperator, mar_ct, mar_keep, mar_measurement, simulate_mar
-    from ..physics.mar_spectra import PHOTONS
     fixed = [o for o, v in (("--fan", args.fan), ("--detectors", args.detectors), ("--det-spacing", args.det_spacing),
                             ("--dense-views", args.dense_views)) if v]
     if fixed:
         raise ScoreinvError(f"{', '.join(fixed)}: MAR uses the paper's scanner (N views over 180 degrees, "
                             "ceil(sqrt(2) N) bins over the diagonal); only --pixel-size and --views can change")
-    ct = mar_ct(x.shape[-1], args.pixel_size)
     if args.noise < 0:
         raise ScoreinvError(f"--noise {args.noise}: expected photons per ray >= 0")
-    photons = args.noise or PHOTONS
-    r = simulate_mar(x, ct, metal_name=args.metal, photons=photons, n_views=args.views,
-                     n_implants=args.implants, generator=g)
-    keep = mar_keep(r.metal_trace, args.views)
-    op = MarOperator(ct, keep)
-    y = mar_measurement(ct, r.sinogram) * keep
-    extras = {"artifact_image": r.artifact_image, "li_image": r.li_image, "poly_image": r.poly_image,
-              "metal_mask": r.metal_mask, "metal_trace": r.metal_trace, "sinogram": r.sinogram}
-    noise = {"model": "poisson", "level": photons, "photons": photons, "scatter": 20,
-             "note": "polychromatic 120 kVp, water beam-hardening corrected"}
-    return op, y, noise, extras
+    return tasks.simulate_mar(x, g, args.views, args.pixel_size, args.implants, args.metal, args.noise)
 
 
 def run(args) -> int:
@@ -314,13 +238,17 @@ def run(args) -> int:
     if not args.task or not args.input:
         raise ScoreinvError("simulate needs --task and --input (or --show MEAS)")
     from ..physics.measurements import save_measurements
-    arr, is_hu = read_images(args.input)
-    x = prepare_images(arr, is_hu, args.intensity, args.size, square=args.task in ("ct", "mar"))
+    from ..writers import describe_source
+    headers: list = []
+    arr, is_hu = read_images(args.input, headers)
+    square = args.task in ("ct", "mar")
+    x = prepare_images(arr, is_hu, args.intensity, args.size, square=square)
+    source = describe_source(args.input, arr, is_hu, args.intensity, args.size, square, headers)
     g = _generator(args.seed)
-    sim = {"ct": simulate_ct, "mri": simulate_mri, "mar": simulate_mar_task}[args.task]
-    op, y, noise, extras = sim(args, x, g)
+    sim = {"ct": simulate_ct, "mri": simulate_mri, "mar": simulate_mar_task}[args.task](args, x, g)
+    op, y, noise, extras = sim.op, sim.y, sim.noise, sim.extras
     check_finite("simulated measurements", y)
-    save_measurements(args.out, args.task, op, y, noise, ground_truth=x, extras=extras)
+    save_measurements(args.out, args.task, op, y, noise, ground_truth=x, extras=extras, source=source)
     print(f"wrote {args.out}: {x.shape[0]} slice(s) {x.shape[-2]}x{x.shape[-1]}, {op.name}, "
           f"measurements {tuple(y.shape)}, noise {noise['model']} {noise['level']:g}")
     return 0

@@ -2,8 +2,9 @@
 
 The template (1 mm, 197 x 233 x 189, skull-stripped) and its grey- and white-matter maps come
 with nilearn's package data, with no download (the files behind `load_mni152_template`,
-`load_mni152_gm_template`, `load_mni152_wm_template`; see load_template). CSF = clip(brain mask - GM - WM, 0, 1), the mask being template
-> 0.2 (nilearn's own brain-mask rule). A fourth channel, the residual of a least-squares fit of
+`load_mni152_gm_template`, `load_mni152_wm_template`; see load_template).
+CSF = clip(brain mask - GM - WM, 0, 1), the mask being template > 0.2 (nilearn's own
+brain-mask rule). A fourth channel, the residual of a least-squares fit of
 the template by the three tissue maps, keeps anatomy the maps miss (deep nuclei, vessels).
 
 One template is one brain, so each image is made diverse:

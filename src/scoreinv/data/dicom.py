@@ -49,7 +49,8 @@ def looks_like_dicom(path: Path) -> bool:
 
 
 def read_header(path: Path):
-    """The DICOM header (no pixel data) of `path`, or a ScoreinvError naming the file."""
+    """The DICOM header (no pixel data) of `path`; None for a DICOM object that is not an image
+    (DICOMDIR, structured reports, RT structures: no Rows/Columns). Unreadable -> ScoreinvError."""
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
@@ -57,8 +58,7 @@ def read_header(path: Path):
         raise ScoreinvError(f"{path}: cannot read DICOM header ({type(e).__name__}: {e}); expected a "
                             "DICOM file") from e
     if "Rows" not in ds or "Columns" not in ds:
-        raise ScoreinvError(f"{path}: DICOM file has no image (no Rows/Columns; SOP class "
-                            f"{getattr(ds, 'SOPClassUID', 'unknown')}); expected an image slice")
+        return None
     return ds
 
 

@@ -1,8 +1,9 @@
 """Datasets of slices from files on disk: scan, split by patient/volume, normalise, resize.
 
-- Scan: a folder is walked (sorted, hidden entries and unknown file types skipped and
-  counted); a DICOM series is one volume, a NIfTI/HDF5/NumPy file one volume, a 2-D image a
-  one-slice volume (readers.py). Unreadable files raise, naming the file.
+- Scan: a folder is walked (sorted; hidden entries, unknown file types and DICOM objects
+  without an image (DICOMDIR, reports) are skipped and counted); a DICOM series is one
+  volume, a NIfTI/HDF5/NumPy file one volume, a 2-D image a one-slice volume (readers.py).
+  Unreadable files raise, naming the file.
 - Split (deterministic, seeded): volumes are grouped (`split_by='patient'`: DICOM PatientID,
   else the first folder under the root, so a flat folder groups per file; `'volume'`: every
   volume alone); groups are ordered by a hash of (seed, group name) and cut by `fractions`
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from ..errors import ScoreinvError
 from . import dicom
 from .base import (SliceDataset, check_batch_size, check_generator, check_image_size, check_shard,
-                   derive_seed)
+                   derive_seed, single_thread)
 from .readers import VolumeRef, file_kind, hdf5_header, image_header, nifti_header, numpy_header
 
 NORMALIZE = ("auto", "minmax", "window")
@@ -65,6 +66,12 @@ def scan(path, key: str | None = None) -> tuple[list[VolumeRef], list[Path]]:
             skipped.append(f)
         elif kind == "dicom":
             ds = dicom.read_header(f)
+            if ds is None:                       # not an image (DICOMDIR, report, RT structure)
+                if root.is_file():
+                    raise ScoreinvError(f"{f}: DICOM object without an image (no Rows/Columns); expected an "
+                                        "image slice")
+                skipped.append(f)
+                continue
             series.setdefault(dicom.series_key(ds, f), []).append((f, ds))
         elif kind == "nifti":
             shape, spacing = nifti_header(f)
@@ -194,7 +201,8 @@ class FolderDataset(SliceDataset):
         self.refs, self.skipped = scan(self.path, h5_key if h5_key is not None else npz_key)
         if not self.refs:
             raise ScoreinvError(f"{self.path}: no readable volumes found ({len(self.skipped)} file(s) of unknown "
-                                "type skipped); expected DICOM, NIfTI, HDF5, PNG/TIFF/JPEG or NumPy files")
+                                "type or without an image skipped); expected DICOM, NIfTI, HDF5, PNG/TIFF/JPEG "
+                                "or NumPy files")
         keys = [r.info["group"] if split_by == "patient" else r.name for r in self.refs]
         table = assign_splits(keys, self.seed, self.fractions)
         self.assignment = [table[k] for k in keys]
@@ -222,7 +230,8 @@ class FolderDataset(SliceDataset):
         vol = ref.read()
         data = normalise(vol.data, self._mode(ref), self.hu_min, self.hu_max, ref.name)
         sl, sp = slices_along(data, self.axis, ref.spacing)
-        out = resize_slices(sl, self.image_size, sp, self.fit)
+        with single_thread("cpu"):
+            out = resize_slices(sl, self.image_size, sp, self.fit)
         self._cache[v] = out
         while len(self._cache) > 1 and sum(t.numel() * 4 for t in self._cache.values()) > self.cache_bytes:
             self._cache.popitem(last=False)

@@ -204,9 +204,10 @@ def render(params, size: int, antialias: bool = True) -> torch.Tensor:
     img = img.view(B, P)
     if W is not None:
         masks = masks.view(B, C, P).clamp_(0, 1)
-        tex = sinusoid_field(params.tex_freq, params.tex_phase, params.tex_amp, size)  # (B, C+1, S, S)
-        tex = tex.reshape(B, C + 1, P)
-        field = tex[:, :-1].addcmul_(tex[:, -1:], params.grain_amp.unsqueeze(-1))  # (B, C, P)
+        field = sinusoid_field(params.tex_freq, params.tex_phase, params.tex_amp, size).reshape(B, C, P)
+        gf = params.grain_phase
+        grain = sinusoid_field(params.grain_freq, gf, torch.full_like(gf, math.sqrt(2.0 / gf.shape[-1])), size)
+        field.addcmul_(grain.reshape(B, 1, P), params.grain_amp.unsqueeze(-1))         # (B, C, P)
         vessel = segment_profile(params.vessels, params.vessel_sigma, size)        # (B, P)
         field.addcmul_(vessel.unsqueeze(1), params.vessel_amp.unsqueeze(-1))
         img += (masks * field).sum(1)

@@ -14,9 +14,10 @@ hu_min (image value 0) outside it;
   150..350), ribs (700..1300), bowel gas (-990..-940, abdomen) and lungs (-870..-820, chest)
   with nodules;
 - head: scalp (20..60), skull ring (1100..1800), brain (25..45), ventricles and lesions.
-Overlaps that could push a plain phantom outside [-1000, 2100] HU are removed at sampling
-(conservative bounding-circle tests), so with any window containing that range the ellipse
-list is exact: PLAIN_HU_RANGE.
+Overlaps that could push a plain phantom out of PLAIN_HU_RANGE = [-1020, 2100] HU (outside the
+field-of-view corners) are removed at sampling (conservative bounding-circle tests), so with
+any window containing that range (the default does) nothing is clipped and the ellipse list
+describes the plain image exactly.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .phantom_render import render
 
 HU_AIR = -1000.0
 DEFAULT_HU_WINDOW = (-1024.0, 3200.0)
-PLAIN_HU_RANGE = (-1000.0, 2100.0)
+PLAIN_HU_RANGE = (-1020.0, 2100.0)
 KINDS = ("head", "chest", "abdomen")
 KIND_PROBS = (0.25, 0.35, 0.40)
 CLASSES = ("fat", "soft", "bone", "lung")
@@ -53,9 +54,10 @@ class PhantomBatch:
     """A batch of B continuous phantoms (all tensors on one device).
 
     ellipses (B, K, 6): (value, a, b, x0, y0, phi); value additive, in [0, 1] image units.
-    Textured only: class_weights (B, C, K), tex_freq (B, C+1, M, 2) cycles per unit length,
-    tex_phase / tex_amp (B, C+1, M) (the last field is the unit-RMS grain), grain_amp (B, C),
-    vessels (B, V, 4) segment end points, vessel_sigma (B, V), vessel_amp (B, C).
+    Textured only: class_weights (B, C, K); per-class smooth fields tex_freq (B, C, M, 2) in
+    cycles per unit length, tex_phase / tex_amp (B, C, M); a unit-RMS grain field grain_freq
+    (B, 1, G, 2), grain_phase (B, 1, G), scaled per class by grain_amp (B, C); vessels (B, V, 4)
+    segment end points, vessel_sigma (B, V), vessel_amp (B, C).
     """
     ellipses: torch.Tensor
     kind: torch.Tensor
@@ -67,6 +69,8 @@ class PhantomBatch:
     tex_freq: torch.Tensor | None = None
     tex_phase: torch.Tensor | None = None
     tex_amp: torch.Tensor | None = None
+    grain_freq: torch.Tensor | None = None
+    grain_phase: torch.Tensor | None = None
     grain_amp: torch.Tensor | None = None
     vessels: torch.Tensor | None = None
     vessel_sigma: torch.Tensor | None = None
@@ -311,7 +315,7 @@ def _add_texture(p: PhantomBatch, rng: _Rng, head, chest, on, in_lung, hu_range)
     body = ~head
     hb, bb = head.float(), body.float()
     W[:, 0, OUTER], W[:, 0, INNER] = bb, -bb                                  # fat
-    W[:, 1, OUTER], W[:, 1, INNER], W[:, 1, CORE] = hb, bb, hb                # soft
+    W[:, 1, OUTER], W[:, 1, INNER], W[:, 1, CORE] = hb, bb - hb, hb           # soft (head: scalp + brain)
     W[:, 2, INNER], W[:, 2, CORE] = hb, -hb                                    # skull
     W[:, 2, SPINE.start], W[:, 2, RIBS] = on[:, SPINE.start], on[:, RIBS]      # spine, ribs
     for sl in (slice(SPINE.start, SPINE.start + 1), RIBS, AIR, LUNGS):
@@ -326,19 +330,18 @@ def _add_texture(p: PhantomBatch, rng: _Rng, head, chest, on, in_lung, hu_range)
     cap = 0.45 * nyq
     bands = [(0.3, 2.0, 6, 12), (0.3, 3.0, 8, 20), (2.0, 8.0, 80, 200), (1.0, 6.0, 20, 50)]
     C = len(CLASSES)
-    freq = torch.zeros(B, C + 1, max(N_TEX, N_GRAIN), 2, device=dev)
-    amp = torch.zeros(B, C + 1, max(N_TEX, N_GRAIN), device=dev)
-    for ci, (flo, fhi, alo, ahi) in enumerate(bands + [(0.2 * nyq, cap, 1, 1)]):
-        m = N_GRAIN if ci == C else N_TEX
+
+    def waves(m, flo, fhi, *lead):
         fhi = min(fhi, cap)
-        flo = min(flo, 0.5 * fhi)
-        f = rng.u(flo, fhi, B, m)
-        ang = rng.u(0, 2 * math.pi, B, m)
-        freq[:, ci, :m] = torch.stack([f * torch.cos(ang), f * torch.sin(ang)], -1)
-        rms = rng.u(alo, ahi, B, 1) / (hu_range if ci < C else 1.0)
-        amp[:, ci, :m] = rms * math.sqrt(2.0 / m) * torch.ones(B, m, device=dev)
-    p.tex_freq, p.tex_amp = freq, amp
-    p.tex_phase = rng.u(0, 2 * math.pi, B, C + 1, freq.shape[2])
+        f = rng.u(min(flo, 0.5 * fhi), fhi, B, *lead, m)
+        ang = rng.u(0, 2 * math.pi, B, *lead, m)
+        return torch.stack([f * torch.cos(ang), f * torch.sin(ang)], -1), rng.u(0, 2 * math.pi, B, *lead, m)
+
+    freq, phase = zip(*(waves(N_TEX, flo, fhi) for flo, fhi, _, _ in bands))
+    rms = torch.stack([rng.u(alo, ahi) for _, _, alo, ahi in bands], 1) / hu_range       # (B, C)
+    p.tex_freq, p.tex_phase = torch.stack(freq, 1), torch.stack(phase, 1)
+    p.tex_amp = (rms * math.sqrt(2.0 / N_TEX)).unsqueeze(-1).expand(B, C, N_TEX).contiguous()
+    p.grain_freq, p.grain_phase = waves(N_GRAIN, 0.2 * nyq, cap, 1)
     grain = torch.stack([rng.u(3, 8), rng.u(4, 12), rng.u(10, 40), rng.u(15, 40)], 1)
     p.grain_amp = grain / hu_range
 

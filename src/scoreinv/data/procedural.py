@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ScoreinvError
 from .base import (SliceDataset, check_batch_size, check_generator, check_image_size, check_shard,
-                   derive_seed, draw_seed, make_generator)
+                   derive_seed, draw_seed, make_generator, single_thread)
 
 BLOCK = 32
 
@@ -62,16 +62,18 @@ class ProceduralDataset(SliceDataset):
         if self._fixed_cache is None:
             n = self._n_total()
             blocks = []
-            for b in range((n + BLOCK - 1) // BLOCK):
-                g = make_generator(derive_seed(self.seed, self.name, self.split, b))
-                blocks.append(self.generate(BLOCK, g))
+            with single_thread("cpu"):
+                for b in range((n + BLOCK - 1) // BLOCK):
+                    g = make_generator(derive_seed(self.seed, self.name, self.split, b))
+                    blocks.append(self.generate(BLOCK, g))
             self._fixed_cache = torch.cat(blocks)[:n]
         return self._fixed_cache
 
     def _item(self, i: int) -> torch.Tensor:
         j = self._global_index(i)
         if self.split == "train":
-            return self.generate(1, make_generator(derive_seed(self.seed, self.name, "train-item", j)))[0]
+            with single_thread("cpu"):
+                return self.generate(1, make_generator(derive_seed(self.seed, self.name, "train-item", j)))[0]
         return self._fixed()[j]
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -80,7 +82,8 @@ class ProceduralDataset(SliceDataset):
         if self.split == "train":
             sub = make_generator(derive_seed(draw_seed(g), self.seed, self.name, self.rank, self.world_size),
                                  g.device)
-            return self.generate(b, sub)
+            with single_thread(g.device):
+                return self.generate(b, sub)
         idx = torch.randint(len(self), (b,), generator=g, device=g.device).cpu()
         glob = self.rank + idx * self.world_size
         return self._fixed()[glob].to(g.device)

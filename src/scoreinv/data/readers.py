@@ -356,7 +356,7 @@ def read_volume(path, key: str | None = None) -> Volume:
     """Read one file (or all DICOM series files of a folder's single series) into a Volume."""
     from .folder import scan
 
-    refs = scan(path, key=key)
+    refs, _ = scan(path, key=key)
     if len(refs) != 1:
         raise ScoreinvError(f"{path}: holds {len(refs)} volumes; expected exactly one (use a folder dataset)")
     return refs[0].read()

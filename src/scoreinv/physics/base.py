@@ -70,12 +70,14 @@ class LinearOperator:
         return self.adjoint(self.forward(x))
 
     def lstsq(self, y: torch.Tensor, x0: torch.Tensor, reg: float | torch.Tensor = 0.0,
-              iters: int = 20, tol: float = 1e-6) -> torch.Tensor:
+              iters: int = 20, tol: float = 1e-5) -> torch.Tensor:
         """argmin_x ||A x - y||^2 + reg ||x - x0||^2 by conjugate gradient, started at x0.
 
         Solves (A^T A + reg I) x = A^T y + reg x0 per sample (reg may be (B,)). With reg = 0 and
         an under-determined consistent system, CG started at x0 converges to the projection
         of x0 onto {A x = y} (DESIGN.md §2.3, the path for operators without a cheap T).
+        A sample stops (its step is frozen) once its residual norm falls below tol times the norm
+        of the right-hand side, so iterating on round-off with a singular A^T A cannot diverge.
         """
         reg_t = torch.as_tensor(reg, dtype=x0.real.dtype, device=x0.device)
         reg_b = reg_t.reshape(-1, *([1] * (x0.ndim - 1))) if reg_t.ndim else reg_t
@@ -83,24 +85,30 @@ class LinearOperator:
         def apply(v):
             return self.normal(v) + reg_b * v
 
+        def bc(v):
+            return v.reshape(-1, *([1] * (x0.ndim - 1)))
+
         x = x0.clone()
-        r = self.adjoint(y) + reg_b * x0 - apply(x)
+        rhs = self.adjoint(y) + reg_b * x0
+        r = rhs - apply(x)
         p = r.clone()
         rs = real_inner(r, r)
-        rs0 = rs.clone()
+        # relative to the right-hand side: round-off in r is relative to it, not to r
+        stop = (tol ** 2) * real_inner(rhs, rhs).clamp_min(1e-30)
         for _ in range(iters):
-            if bool((rs <= (tol ** 2) * rs0.clamp_min(1e-30)).all()):
+            active = rs > stop
+            if not bool(active.any()):
                 break
             ap = apply(p)
             denom = real_inner(p, ap)
-            alpha = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
-            a = alpha.reshape(-1, *([1] * (x.ndim - 1)))
-            x = x + a * p
-            r = r - a * ap
+            ok = active & (denom > 0)
+            alpha = torch.where(ok, rs / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(rs))
+            x = x + bc(alpha) * p
+            r = r - bc(alpha) * ap
             rs_new = real_inner(r, r)
-            beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
-            p = r + beta.reshape(-1, *([1] * (x.ndim - 1))) * p
-            rs = rs_new
+            beta = torch.where(ok, rs_new / torch.where(ok, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+            p = r + bc(beta) * p
+            rs = torch.where(ok, rs_new, torch.zeros_like(rs))
         return x
 
     # --- decomposition (optional) ------------------------------------------------------

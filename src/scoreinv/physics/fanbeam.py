@@ -114,7 +114,7 @@ class FanBeamCT(SparseMatrixCT):
         dt, dev = q.dtype, q.device
         xs, ys = (torch.as_tensor(a, dtype=dt, device=dev) for a in g.pixel_centers())
         src = torch.as_tensor(g.sources(), dtype=dt, device=dev)
-        beta = torch.as_tensor(g.angles, dtype=dt, device=dev)
+        beta = torch.tensor(np.array(g.angles), dtype=dt, device=dev)
         bsz, nd = q.shape[0], g.n_det
         out = torch.zeros(bsz, xs.numel(), dtype=dt, device=dev)
         off = (nd - 1) / 2.0

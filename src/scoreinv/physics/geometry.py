@@ -98,7 +98,7 @@ class _Geometry:
 
     def _init_grid(self, n, angles, pixel_size, center):
         self.n = _check_size(n)
-        self.angles = _angles_array(angles)
+        self._angles = _angles_array(angles)   # read-only: the geometry key hashes it
         self.pixel_size = check_range("pixel_size", pixel_size, 1e-12)
         if center is None:
             center = ((self.n - 1) / 2.0, (self.n - 1) / 2.0)
@@ -108,8 +108,13 @@ class _Geometry:
         self.center = (float(c[0]), float(c[1]))
 
     @property
+    def angles(self) -> np.ndarray:
+        """View (parallel) or source (fan) angles in radians, shape (V,) (a fresh copy)."""
+        return self._angles.copy()
+
+    @property
     def n_views(self) -> int:
-        return int(self.angles.size)
+        return int(self._angles.size)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -135,7 +140,7 @@ class _Geometry:
     @property
     def key(self) -> tuple:
         """Hashable identity of the geometry (used to cache system matrices)."""
-        h = hashlib.sha1(np.ascontiguousarray(self.angles).tobytes()).hexdigest()
+        h = hashlib.sha1(np.ascontiguousarray(self._angles).tobytes()).hexdigest()
         return (self.kind, self.n, self.pixel_size, self.center, h) + self._detector_key()
 
     def __eq__(self, other):

@@ -6,13 +6,14 @@ Format version 1 (numpy .npz, compressed, written atomically; no pickled objects
 |---|---|
 | format_version | int, 1 |
 | task | str: ct, mri or mar |
-| operator | JSON str: {"kind": one of OPERATOR_KINDS, ...geometry parameters} |
+| operator | JSON str: {"kind": one of OPERATOR_KINDS (cartesian_mri, sense_mri, ct, fourier_slice_ct, mar_ct), ...parameters; CT: "geometry": {kind parallel/fan, n, pixel_size (mm), n_det, det_spacing (mm), center, fan: source_distance, detector_distance, detector}} |
 | measurements | (N, *meas_shape) float32 (CT, MAR) or complex64 (MRI), one row per slice |
 | image_size | int (2,): (H, W) of the images |
 | noise | JSON str: {"model": "none" / "poisson" / "gaussian", "level": float, ...} |
 | op_<name> | arrays the operator needs: op_mask (MRI k-space mask), op_coil_maps (SENSE), op_angles (CT), op_keep (MAR: sinogram entries off the metal trace, (N, V, D)) |
 | ground_truth | optional (N, 1, H, W) float32 images in [0, 1] (simulated data) |
 | extra_<name> | optional arrays (e.g. MAR: extra_metal_mask, extra_metal_trace, extra_artifact_image, extra_li_image, extra_sinogram) |
+| source | optional JSON str: where the images came from and how they were scaled, so results can be written back: {"format": "dicom"/"nifti"/..., "units": "HU" or null, "intensity": {"mode": "hu"/"minmax"/"none", "offset", "scale"} (original value = offset + scale x image value), "resize": {...}, DICOM: "dicom": {PatientID, StudyInstanceUID, FrameOfReferenceUID, Modality, PixelSpacing (adjusted for padding/resizing), ImageOrientationPatient, SliceThickness, Rows, Columns, ...}, "slices": [{"ImagePositionPatient", ...} per slice]} |
 
 `load_measurements` checks the version, every required key, shapes and finiteness, and
 raises ScoreinvError naming the file and what was expected; `Measurements.operator()`
@@ -73,6 +74,11 @@ def _build_ct(spec, arrays):
     return FanBeamCT(g)
 
 
+def _build_fourier_slice(spec, arrays):
+    from .fourier_slice import FourierSliceCT
+    return FourierSliceCT(_ct_geometry(spec, arrays))
+
+
 def _build_mar(spec, arrays):
     from .mar import MarOperator
     return MarOperator(_build_ct(spec, arrays), arrays["keep"])
@@ -82,6 +88,7 @@ OPERATOR_KINDS = {
     "cartesian_mri": (_build_cartesian, ("mask",)),
     "sense_mri": (_build_sense, ("mask", "coil_maps")),
     "ct": (_build_ct, ("angles",)),
+    "fourier_slice_ct": (_build_fourier_slice, ("angles",)),
     "mar_ct": (_build_mar, ("angles", "keep")),
 }
 
@@ -109,8 +116,12 @@ def describe_operator(op: LinearOperator) -> tuple[dict, dict]:
         spec, arrays = describe_operator(op.ct)
         return ({"kind": "mar_ct", "geometry": spec["geometry"]},
                 {**arrays, "keep": op.keep.cpu().numpy()})
+    from .ct import SparseMatrixCT
+    from .fourier_slice import FourierSliceCT
     g = getattr(op, "geometry", None)
-    if g is not None and getattr(g, "kind", None) in ("parallel", "fan"):
+    if isinstance(op, FourierSliceCT):
+        return {"kind": "fourier_slice_ct", "geometry": geometry_spec(g)}, {"angles": np.asarray(g.angles)}
+    if isinstance(op, SparseMatrixCT) and getattr(g, "kind", None) in ("parallel", "fan"):
         return {"kind": "ct", "geometry": geometry_spec(g)}, {"angles": np.asarray(g.angles, dtype=np.float64)}
     raise ScoreinvError(f"cannot store operator {type(op).__name__} in a measurement file; "
                         f"known kinds: {', '.join(OPERATOR_KINDS)}")
@@ -130,6 +141,7 @@ class Measurements:
     ground_truth: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
     path: str | None = None
+    source: dict | None = None
 
     def operator(self, device=None) -> LinearOperator:
         """Rebuild the operator (on `device`); raises ScoreinvError if it does not fit y."""
@@ -167,17 +179,21 @@ class Measurements:
         arrays = {k: (v[i:i + 1] if k in PER_SLICE_ARRAYS and v.ndim == 3 else v) for k, v in self.arrays.items()}
         extras = {k: (v[i:i + 1] if v.ndim >= 1 and v.shape[0] == n else v) for k, v in self.extras.items()}
         gt = self.ground_truth[i:i + 1] if self.ground_truth is not None else None
+        source = self.source
+        if source is not None and isinstance(source.get("slices"), list) and len(source["slices"]) == n:
+            source = {**source, "slices": source["slices"][i:i + 1]}
         return Measurements(self.task, self.spec, self.y[i:i + 1], self.image_size, self.noise, arrays, gt, extras,
-                            self.path)
+                            self.path, source)
 
 
 def save_measurements(path, task: str, operator: LinearOperator | None, y: torch.Tensor, noise: dict,
                       ground_truth: torch.Tensor | None = None, extras: dict | None = None,
-                      spec: dict | None = None, arrays: dict | None = None) -> None:
+                      spec: dict | None = None, arrays: dict | None = None, source: dict | None = None) -> None:
     """Write a measurement file atomically (format above).
 
     Give `operator` (described through `describe_operator`) or `spec` + `arrays` directly.
-    y: (N, *meas_shape); noise: {"model": ..., "level": ...}; ground_truth: (N, 1, H, W).
+    y: (N, *meas_shape); noise: {"model": ..., "level": ...}; ground_truth: (N, 1, H, W);
+    source: optional JSON-able description of the input images (key `source` above).
     """
     check_choice("task", task, TASKS)
     if operator is not None:
@@ -205,6 +221,11 @@ def save_measurements(path, task: str, operator: LinearOperator | None, y: torch
             raise ScoreinvError(f"ground_truth: expected shape {(y.shape[0], 1, *image_size)}, "
                                 f"got {tuple(ground_truth.shape)}")
         out["ground_truth"] = ground_truth.detach().cpu().numpy().astype(np.float32)
+    if source is not None:
+        try:
+            out["source"] = np.array(json.dumps(source))
+        except (TypeError, ValueError) as e:
+            raise ScoreinvError(f"source: expected a JSON-able dict ({e})") from None
     for k, v in (extras or {}).items():
         out[f"extra_{k}"] = np.asarray(v.detach().cpu().numpy() if torch.is_tensor(v) else v)
     atomic.savez(path, **out)
@@ -264,6 +285,7 @@ def load_measurements(path) -> Measurements:
                 if tuple(gt.shape) != (y.shape[0], 1, int(size[0]), int(size[1])):
                     raise ScoreinvError(f"{path}: ground_truth has shape {tuple(gt.shape)}; expected "
                                         f"{(y.shape[0], 1, int(size[0]), int(size[1]))}")
+            source = _json(z, "source", path) if "source" in keys else None
             y = torch.from_numpy(y)
     except ScoreinvError:
         raise
@@ -271,4 +293,4 @@ def load_measurements(path) -> Measurements:
         raise ScoreinvError(f"{path}: unreadable or truncated measurement file ({type(e).__name__}: {e}); "
                             "expected a .npz written by `scoreinv simulate`") from None
     return Measurements(task=task, spec=spec, y=y, image_size=(int(size[0]), int(size[1])), noise=noise,
-                        arrays=arrays, ground_truth=gt, extras=extras, path=path)
+                        arrays=arrays, ground_truth=gt, extras=extras, path=path, source=source)

@@ -57,19 +57,23 @@ def langevin_corrector(score_fn, sde: SDE, x, t, snr: float, generator=None, x_e
 
 
 def ddim_predictor(score_fn, sde: SDE, x, t, t_next, generator=None, eta: float = 0.0, x0_hook=None):
-    """DDIM-type step with a data-consistency hook on the clean estimate (DDS-style).
+    """DDIM step (Song et al. 2021, Eq. 12, in VE form on y = x/α) with a data-consistency hook
+    on the clean estimate (DDS-style).
 
-    x̂0 = (x + β² s)/α (Tweedie); x̂0' = x0_hook(x̂0); ε̂ = (x − α x̂0)/β;
-    x_next = α' x̂0' + β' (sqrt(1 − η²) ε̂ + η z).
+    x̂0 = (x + β² s)/α (Tweedie); x̂0' = x0_hook(x̂0); ε̂ = (x/α − x̂0)/σ with σ = β/α;
+    c = η σ' sqrt(1 − σ'²/σ²); x_next = α' [x̂0' + sqrt(σ'² − c²) ε̂ + c z].
+    η = 0 is deterministic DDIM; η = 1 draws from q(x_next | x_t, x̂0) (ancestral).
     """
     s = score_fn(x, t)
     a, b = sde.marginal_coeffs(t)
-    a, b = _b(a, x), _b(b, x)
-    x0 = (x + b ** 2 * s) / a
-    eps_hat = (x - a * x0) / b
-    x0c = x0_hook(x0, t) if x0_hook is not None else x0
     a2, b2 = sde.marginal_coeffs(t_next)
-    a2, b2 = _b(a2, x), _b(b2, x)
-    noise = randn_like(x, generator) if eta > 0 else 0.0
-    x_next = a2 * x0c + b2 * ((1 - eta ** 2) ** 0.5 * eps_hat + eta * noise)
-    return x_next, x0c
+    a, b, a2, b2 = _b(a, x), _b(b, x), _b(a2, x), _b(b2, x)
+    sig, sig2 = b / a, b2 / a2
+    x0 = (x + b ** 2 * s) / a
+    eps_hat = (x / a - x0) / sig
+    x0c = x0_hook(x0, t) if x0_hook is not None else x0
+    c = eta * sig2 * torch.sqrt((1 - sig2 ** 2 / sig ** 2).clamp_min(0))
+    x_next = x0c + torch.sqrt((sig2 ** 2 - c ** 2).clamp_min(0)) * eps_hat
+    if eta > 0:
+        x_next = x_next + c * randn_like(x, generator)
+    return a2 * x_next, x0c

@@ -1,0 +1,146 @@
+"""`scoreinv eval`: score solvers and classical baselines on a dataset split (scoreinv.evaluate).
+
+Also holds the command-line pieces shared by `tune` (and usable by other commands): the task
+options (`add_task_arguments`, `task_options_from_args`), data and model loading.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = """Evaluate reconstructions against ground truth on a dataset split.
+
+  scoreinv eval --checkpoint runs/ct64 --task ct --views 23 --data phantoms --split test \\
+      --solvers fbp,tv,projection --steps 100 --num-images 16 --out results/ct23
+  scoreinv eval --checkpoint runs/mri64 --task mri --acceleration 8 --data brain \\
+      --solvers zero_filled,cs_tv,projection --preset tuned.yaml --num-images 16 --out results/mri8
+  scoreinv eval --checkpoint runs/ct64 --task mar --data phantoms --solvers li,nmar,projection --out results/mar
+
+Writes into --out: metrics.csv (one row per image and solver: psnr, ssim, their circle / hist
+variants for CT and MRI or metal-zeroed (psnr_mar, ssim_mar) variants for MAR, nmse, seconds,
+nfe), summary.json (one record per solver; the main psnr/ssim columns are on the FULL image,
+clipped to [0, 1], data range 1), reconstructions.npz, comparison.png. Progress is saved per
+solver and batch: rerunning the same command resumes a killed run, a larger --num-images or
+more --solvers extend it; a folder holding another configuration is refused.
+
+Solvers: score solvers baseline, langevin, langevin_projection, projection, dds, dps (need
+--checkpoint); classical baselines by task: ct fbp, sirt, cgls, tv; mri zero_filled, cgls, tv,
+cs_tv, cs_wavelet; mar li, nmar, sirt, cgls, tv. Baseline weights (tv, cs_*) and iteration
+counts (sirt, cgls) are chosen on --val-images validation images and cached in the folder,
+unless fixed with --set tv.weight=1e-3.
+
+Score-solver parameters, later ones win: the task preset (DESIGN.md §2.4; final_projection off
+for noisy CT/MRI data), --preset files from `scoreinv tune`, --steps, --set solver.PARAM=V (all
+score solvers) or --set NAME.PARAM=V (one solver). CT data are simulated without the inverse
+crime on the ParallelBeamCT geometry; --ct-operator picks what score solvers see (see
+scoreinv.tasks: radon = ParallelBeamCT + CG projection, the default; fourier = exact
+Fourier-slice decomposition of the converted sinogram).
+"""
+
+
+def add_task_arguments(p: argparse.ArgumentParser) -> None:
+    """--task, --views, --acceleration, --mask, --noise, --ct-operator, --upsample, --data, --split,
+    --seed, --device, --checkpoint (names shared by eval, tune, reconstruct, demo)."""
+    from ..physics.masks import MASK_KINDS
+    from ..tasks import CT_OPERATORS, DEFAULT_CT_OPERATOR, DEFAULT_CT_VIEWS
+    p.add_argument("--checkpoint", help="checkpoint file, training work directory, or shipped model name "
+                   "(sets the image size; optional when only classical baselines run and --image-size is given)")
+    p.add_argument("--task", required=True, help="ct | mri | mar")
+    t = p.add_argument_group("task options")
+    t.add_argument("--views", type=int, help=f"CT/MAR: measured views, rows round(linspace(0, N-1, views)) of N "
+                   f"dense angles over 180 degrees (default: CT {DEFAULT_CT_VIEWS}, MAR all N)")
+    t.add_argument("--acceleration", type=float, help="MRI: undersampling factor R (default 4)")
+    t.add_argument("--mask", help=f"MRI: k-space mask kind, one of {', '.join(MASK_KINDS)} (default equispaced)")
+    t.add_argument("--noise", type=float, help="CT: incident photons per ray (Poisson; default 0 = noise-free); "
+                   "MRI: complex Gaussian std relative to the k-space RMS (default 0); MAR: photons per ray "
+                   "(default 0 = the paper's 2e7)")
+    t.add_argument("--ct-operator", help=f"CT: operator of the score solvers, {' | '.join(CT_OPERATORS)} "
+                   f"(default {DEFAULT_CT_OPERATOR})")
+    t.add_argument("--upsample", type=int, help="CT: finer projection grid against the inverse crime (default 4)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, help="phantoms | ellipses | brain | a folder of images/volumes "
+                   "(resized to the model's image size)")
+    d.add_argument("--data-seed", type=int, default=0, help="dataset seed (procedural data, folder split; default 0)")
+    d.add_argument("--image-size", type=int, help="image size when no --checkpoint is given")
+    p.add_argument("--seed", type=int, default=0, help="seed of masks, noise, implants and samplers (default 0)")
+    p.add_argument("--batch-size", type=int, default=4, help="images reconstructed together (default 4)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def task_options_from_args(args):
+    from ..tasks import task_options
+    return task_options(args.task, views=args.views, acceleration=args.acceleration, mask=args.mask,
+                        noise=args.noise, ct_operator=args.ct_operator, upsample=args.upsample)
+
+
+def load_model(args, needed: bool):
+    """(model or None, fingerprint or None, image size, device) from --checkpoint / --image-size."""
+    from ..errors import ScoreinvError
+    from ..evaluate import model_fingerprint
+    from ..score import load_score_model
+    from ..train import resolve_device
+    device = resolve_device(args.device)
+    if args.checkpoint:
+        model, cfg = load_score_model(args.checkpoint, device=device)
+        if args.image_size is not None and args.image_size != cfg.data.image_size:
+            raise ScoreinvError(f"--image-size {args.image_size}: the checkpoint models {cfg.data.image_size}x"
+                                f"{cfg.data.image_size} images")
+        return model, model_fingerprint(model), cfg.data.image_size, device
+    if needed:
+        raise ScoreinvError("score solvers need --checkpoint (a checkpoint file, work directory or shipped model)")
+    if args.image_size is None:
+        raise ScoreinvError("without --checkpoint, give --image-size")
+    return None, None, args.image_size, device
+
+
+def data_id(spec: str) -> str:
+    from ..data import BUILTIN_DATASETS
+    return spec if spec in BUILTIN_DATASETS else os.path.abspath(spec)
+
+
+def load_split(args, split: str, image_size: int):
+    from ..data import build_dataset
+    from ..errors import ScoreinvError
+    try:
+        return build_dataset(args.data, split, image_size, seed=args.data_seed)
+    except IndexError as e:
+        raise ScoreinvError(f"--data {args.data}: {e}") from None
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="evaluate solvers and baselines (PSNR/SSIM tables, figures)",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_task_arguments(p)
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="split to evaluate (default test; 'all' for folders only)")
+    p.add_argument("--solvers", required=True, help="comma-separated methods, e.g. fbp,tv,projection")
+    p.add_argument("--steps", type=int, help="noise levels of every score solver (default: the preset's)")
+    p.add_argument("--samples", type=int, default=1, help="posterior samples per image; the mean is scored "
+                   "and the std saved (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="TARGET.PARAM=VALUE",
+                   help="override a parameter: solver.snr=0.3 (every score solver), projection.lam=0.9, "
+                        "tv.weight=1e-3 (repeatable)")
+    p.add_argument("--preset", action="append", default=[], metavar="YAML",
+                   help="tuned parameters from `scoreinv tune` (repeatable, one per solver)")
+    p.add_argument("--num-images", type=int, default=8, help="images of the split to evaluate (default 8)")
+    p.add_argument("--val-images", type=int, default=4,
+                   help="validation images for choosing baseline weights (default 4)")
+    p.add_argument("--out", required=True, help="output folder (resumable)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from ..evaluate import evaluate, parse_sets, resolve_methods
+    from ..sampling.solvers import SOLVERS
+    from ..tune import load_preset
+    opts = task_options_from_args(args)
+    presets = [load_preset(p, task=opts.task) for p in args.preset]
+    methods = resolve_methods(args.solvers, opts.task, args.steps, parse_sets(args.set), presets, opts.noise)
+    model, fingerprint, size, device = load_model(args, any(m.name in SOLVERS for m in methods))
+    ds = load_split(args, args.split, size)
+    evaluate(args.out, opts, ds, methods, args.num_images, data_id=data_id(args.data), split=args.split,
+             model=model, model_id=fingerprint, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+             device=device, val_dataset=lambda: load_split(args, "val", size), n_val=args.val_images)
+    print(f"wrote {os.path.join(args.out, 'summary.json')}, metrics.csv, reconstructions.npz, comparison.png")
+    return 0

@@ -1,0 +1,104 @@
+"""`scoreinv tune`: Bayesian optimisation of a score solver's hyperparameters (scoreinv.tune)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = """Tune a score solver's hyperparameters on VALIDATION images by Bayesian optimisation.
+
+  scoreinv tune --checkpoint runs/ct64 --task ct --views 23 --data phantoms --solver projection \\
+      --trials 100 --steps 100 --storage sqlite:///tune/ct23.db --out tune/ct23-projection.yaml
+  scoreinv eval ... --solvers projection --preset tune/ct23-projection.yaml
+
+Searches (optuna GPSampler: Gaussian-process Bayesian optimisation after --startup-trials random
+points) over (snr, lambda) for projection / langevin_projection, (snr, r) for baseline /
+langevin, (lambda, eta) for dds, zeta for dps; snr in [0, 0.4] for CT and MAR, [0.2, 0.8] for
+MRI, lambda in [0, 1], r in [0.1, 20] (DESIGN.md §2.7). Objective: mean --metric over
+--num-images images of --split (val by default; the test split is refused).
+
+--trials is the total number of completed trials: every finished trial is stored in --storage,
+so rerunning the command after an interruption resumes the study (earlier trials kept) and a
+larger --trials extends it. Several workers can share one study: start the same command (same
+--storage and --study-name, a different --worker number each) in several processes or on several
+machines; they stop together when the study holds --trials completed trials. Across machines use
+a PostgreSQL server: --storage postgresql+psycopg2://USER:PASSWORD@HOST:5432/DBNAME (needs the
+psycopg2 package; SQLite files are for one machine). The best parameters so far are written
+atomically to --out (YAML preset: solver, task, params) after every trial.
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    from .eval import add_task_arguments
+    p = subparsers.add_parser("tune", help="Bayesian optimisation of solver hyperparameters (optuna GP)",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_task_arguments(p)
+    p.add_argument("--split", default="val", help="images to tune on: val (default) or train; test is refused")
+    p.add_argument("--solver", required=True, help="score solver: projection, langevin_projection, baseline, "
+                   "langevin, dds or dps")
+    p.add_argument("--trials", type=int, required=True, help="completed trials wanted in the study (total)")
+    p.add_argument("--storage", required=True, help="optuna database URL: sqlite:///study.db, or "
+                   "postgresql+psycopg2://user:password@host/db to share a study across machines")
+    p.add_argument("--study-name", help="study name (default: TASK-SOLVER-SETTING)")
+    p.add_argument("--num-images", type=int, default=4, help="validation images in the objective (default 4)")
+    p.add_argument("--metric", default="ssim", help="objective: ssim (default) or psnr, or a variant: "
+                   "ssim_circle, psnr_circle, ssim_hist, psnr_hist, ssim_mar, psnr_mar (MAR)")
+    p.add_argument("--steps", type=int, help="noise levels of the solver while tuning (default: the preset's; "
+                   "stored in the preset)")
+    p.add_argument("--set", action="append", default=[], metavar="solver.PARAM=VALUE",
+                   help="fixed solver parameters during tuning (stored in the preset), e.g. solver.cg_iters=20")
+    p.add_argument("--startup-trials", type=int, default=10, help="random trials before the GP takes over "
+                   "(default 10)")
+    p.add_argument("--worker", type=int, default=0, help="worker number of a parallel search: changes only the "
+                   "sampler's random start points (default 0)")
+    p.add_argument("--out", help="YAML preset with the best parameters (default: STUDY-NAME.yaml)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    import torch
+
+    from ..data.base import derive_seed
+    from ..errors import ScoreinvError, check_choice
+    from ..evaluate import load_images, parse_sets
+    from ..metrics import LOWER_IS_BETTER, METRICS
+    from ..sampling.solvers import SOLVERS
+    from ..tasks import build_problem
+    from ..tune import tune
+    from .eval import data_id, load_model, load_split, task_options_from_args
+
+    if args.split in ("test", "all"):
+        raise ScoreinvError(f"--split {args.split}: tuning on test images would leak them into the parameters "
+                            "that are then evaluated on them; tune on val (default) or train")
+    check_choice("--split", args.split, ("val", "train"))
+    check_choice("solver", args.solver, SOLVERS)
+    check_choice("--metric", args.metric, [m for m in METRICS if m not in LOWER_IS_BETTER])
+    opts = task_options_from_args(args)
+    sets = parse_sets(args.set)
+    bad = set(sets) - {"solver", args.solver}
+    if bad:
+        raise ScoreinvError(f"--set {sorted(bad)[0]}.*: tune fixes parameters of its one solver; use solver.PARAM")
+    base = {**sets.get("solver", {}), **sets.get(args.solver, {})}
+    if args.steps is not None:
+        base["steps"] = args.steps
+    if opts.noise > 0 and opts.task != "mar":
+        base.setdefault("final_projection", False)
+    if args.num_images is None or args.num_images < 1:
+        raise ScoreinvError(f"--num-images {args.num_images}: expected a positive integer")
+    model, fingerprint, size, device = load_model(args, needed=True)
+    ds = load_split(args, args.split, size)
+    if args.num_images > len(ds):
+        raise ScoreinvError(f"--num-images {args.num_images}: the {args.split} split of {args.data} holds only "
+                            f"{len(ds)} image(s)")
+    problem = build_problem(load_images(ds, range(args.num_images)), opts,
+                            torch.Generator().manual_seed(derive_seed(args.seed, "problem-tune")))
+    name = args.study_name or f"{opts.task}-{args.solver}-" + opts.setting().replace(" ", "-")
+    out = args.out or f"{name}.yaml"
+    config = {"options": opts.to_dict(), "setting": opts.setting(), "data": data_id(args.data),
+              "data_seed": args.data_seed, "split": args.split, "num_images": args.num_images, "model": fingerprint,
+              "problem_seed": args.seed}
+    res = tune(model, problem, args.solver, trials=args.trials, storage=args.storage, study_name=name,
+               config=config, metric=args.metric, base=base, seed=args.seed, worker=args.worker,
+               batch_size=args.batch_size, device=device, startup_trials=args.startup_trials, out=out)
+    print(f"best {args.metric} {res['best_value']:.4f} with {res['preset']} ({res['n_complete']} trials); "
+          f"wrote {out}")
+    return 0

@@ -1,0 +1,235 @@
+"""Bayesian optimisation of sampler hyperparameters on validation images (DESIGN.md §2.7), and presets.
+
+`tune(...)` searches, with optuna's Gaussian-process sampler (GPSampler: Matérn-5/2 GP, log
+expected improvement; the first `startup_trials` points are uniform random):
+- projection solvers (projection, langevin_projection): (snr, λ); λ ∈ [0, 1];
+- likelihood solvers (baseline, langevin): (snr, r), r ∈ [0.1, 20] on a log scale;
+- dds: (λ, eta), eta ∈ [0, 1]; dps: zeta ∈ [0.01, 10] (log);
+with snr ∈ [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI. snr is not searched when the solver
+runs no corrector (the MAR projection preset is predictor-only). The objective is the mean of a
+metric (SSIM by default) over validation images, with the same random seeds in every trial
+(common random numbers, so trials differ only by their parameters).
+
+Persistence and parallelism: the study lives in an optuna storage (`sqlite:///study.db`, or
+PostgreSQL `postgresql+psycopg2://user:password@host:5432/dbname` to tune across machines,
+which needs the psycopg2 package) and every finished trial is committed, so an interrupted
+run resumes with its earlier trials (load_if_exists). `trials` is the total number of
+completed trials wanted: a rerun adds the missing ones, and several worker processes (same
+command, same storage and study name, a different --worker number each) share one study and stop
+together. Trials of a killed worker are marked failed by the storage heartbeat (after 2
+minutes) and are not counted. A study records its configuration; another configuration
+under the same name is refused. The best parameters are written atomically after every
+trial as a YAML preset that `eval` and `reconstruct` read with `load_preset`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import atomic
+from .data.base import derive_seed
+from .errors import ScoreinvError, check_choice, check_range
+from .metrics import LOWER_IS_BETTER, METRICS, NEEDS_METAL_MASK, get_metric
+from .sampling.solvers import SOLVERS, SolverConfig, solve, solver_config
+from .tasks import TASKS, Problem
+
+PRESET_VERSION = 1
+SNR_BOUNDS = {"ct": (0.0, 0.4), "mar": (0.0, 0.4), "mri": (0.2, 0.8)}
+HEARTBEAT_S, GRACE_S = 60, 120
+
+
+class Diverged(ScoreinvError):
+    """A trial whose reconstruction is not finite (a failed trial, the study goes on)."""
+
+
+@dataclass
+class Preset:
+    """Tuned solver parameters: solver name, task, SolverConfig overrides and where they came from."""
+    solver: str
+    task: str
+    params: dict
+    meta: dict = field(default_factory=dict)
+    source: str = ""
+
+
+def search_space(solver: str, task: str, base: SolverConfig) -> dict[str, tuple[float, float, bool]]:
+    """{parameter: (low, high, log scale)} searched for `solver` on `task` (module docstring)."""
+    check_choice("solver", solver, SOLVERS)
+    check_choice("task", task, TASKS)
+    snr = {"snr": (*SNR_BOUNDS[task], False)}
+    if solver == "projection" and not base.corrector:
+        snr = {}
+    if solver in ("projection", "langevin_projection"):
+        return {**snr, "lam": (0.0, 1.0, False)}
+    if solver in ("baseline", "langevin"):
+        return {**snr, "r": (0.1, 20.0, True)}
+    if solver == "dds":
+        return {"lam": (0.0, 1.0, False), "eta": (0.0, 1.0, False)}
+    return {"zeta": (0.01, 10.0, True)}
+
+
+def load_preset(path, solver: str | None = None, task: str | None = None) -> Preset:
+    """Read a YAML preset written by `tune` (or by hand: solver, task, params); validate it
+    against SolverConfig, and against `solver` / `task` when given."""
+    import yaml
+    p = Path(path)
+    try:
+        d = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ScoreinvError(f"preset {str(path)!r}: no such file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ScoreinvError(f"preset {str(path)!r}: not a readable YAML file ({type(e).__name__})") from None
+    if not isinstance(d, dict) or not {"solver", "task", "params"} <= set(d) or not isinstance(d["params"], dict):
+        raise ScoreinvError(f"preset {str(path)!r}: expected a YAML mapping with solver, task and params "
+                            "(as written by `scoreinv tune`)")
+    s, t = str(d["solver"]), str(d["task"])
+    check_choice("solver (in preset)", s, SOLVERS)
+    check_choice("task (in preset)", t, TASKS)
+    if solver is not None and s != solver:
+        raise ScoreinvError(f"preset {str(path)!r} is for solver {s!r}, not {solver!r}")
+    if task is not None and t != task:
+        raise ScoreinvError(f"preset {str(path)!r} was tuned for task {t!r}, not {task!r}")
+    try:
+        solver_config(s, t, **d["params"])
+    except ScoreinvError as e:
+        raise ScoreinvError(f"preset {str(path)!r}: {e}") from None
+    meta = {k: v for k, v in d.items() if k not in ("solver", "task", "params")}
+    return Preset(s, t, dict(d["params"]), meta, str(path))
+
+
+def write_preset(path, preset: Preset) -> None:
+    """Write `preset` as YAML, atomically."""
+    import yaml
+    d = {"solver": preset.solver, "task": preset.task, "params": preset.params, **preset.meta}
+    atomic.write_text(path, "# scoreinv solver preset (scoreinv tune); use with --preset\n"
+                      + yaml.safe_dump(d, sort_keys=False))
+
+
+def open_storage(url: str):
+    """An optuna RDB storage with heartbeat for `url` (sqlite:///file.db, postgresql+psycopg2://...)."""
+    import optuna
+    if not isinstance(url, str) or "://" not in url:
+        raise ScoreinvError(f"--storage {url!r}: expected a database URL such as sqlite:///study.db or "
+                            "postgresql+psycopg2://user:password@host/dbname")
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if str(db) in ("", ":memory:"):
+            raise ScoreinvError("--storage: an in-memory database cannot resume; give a file, sqlite:///study.db")
+        db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    except Exception as e:  # SQLAlchemy: unknown dialect, unreachable server, missing driver
+        raise ScoreinvError(f"--storage {url!r}: cannot open ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def objective_value(model, problem: Problem, cfg: SolverConfig, metric: str, batch_size: int, seed: int,
+                    device="cpu") -> float:
+    """Mean `metric` of one sample per validation image, solved in batches with fixed seeds."""
+    fn = get_metric(metric)
+    vals = []
+    n = problem.x.shape[0]
+    for b0 in range(0, n, batch_size):
+        sl = slice(b0, min(b0 + batch_size, n))
+        op = problem.op
+        if getattr(op, "keep", None) is not None and op.keep.ndim == 3:
+            from .physics.mar import MarOperator
+            op = MarOperator(op.ct, op.keep[sl])
+        g = torch.Generator().manual_seed(derive_seed(seed, "tune", b0))
+        x, _ = solve(model, op, problem.y[sl].to(device), cfg, g)
+        x = (x.abs() if x.is_complex() else x).float().cpu()
+        if not bool(torch.isfinite(x).all()):
+            raise Diverged(f"reconstruction diverged (NaN/Inf) with {cfg}")
+        ref = problem.x[sl]
+        mm = problem.metal_mask[sl] if problem.metal_mask is not None else None
+        try:
+            vals.append(fn(x, ref, metal_mask=mm) if metric in NEEDS_METAL_MASK else fn(x, ref))
+        except ScoreinvError as e:    # e.g. no second histogram peak in a failed reconstruction
+            raise Diverged(f"{metric} undefined ({e}) with {cfg}") from None
+    v = float(torch.cat(vals).mean())
+    if math.isnan(v):
+        raise Diverged(f"{metric} is NaN with {cfg}")
+    return v
+
+
+def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, study_name: str, config: dict,
+         metric: str = "ssim", base: dict | None = None, seed: int = 0, worker: int = 0,
+         batch_size: int = 8, device="cpu", startup_trials: int = 10, out: str | None = None, log=print) -> dict:
+    """Run (or resume) the study until it holds `trials` completed trials; write the preset to `out`.
+
+    problem: the validation problem (tasks.build_problem of validation images); base: fixed
+    solver overrides (e.g. steps); config: what identifies the study (data, options, model,
+    metric...), stored in the study and compared on resume; seed: of the solvers (part of the
+    objective); worker: enters only the sampler's seed (give parallel workers different ones).
+    Returns {best_value, best_params, n_complete, preset}.
+    """
+    import optuna
+    from optuna.samplers import GPSampler
+    from optuna.trial import TrialState
+
+    task = problem.task
+    check_choice("metric", metric, [m for m in METRICS if m not in LOWER_IS_BETTER])
+    if metric in NEEDS_METAL_MASK and task != "mar":
+        raise ScoreinvError(f"metric {metric!r} needs a metal mask; it applies to task mar only")
+    check_range("--trials", trials, 1)
+    check_range("--startup-trials", startup_trials, 1)
+    base = dict(base or {})
+    base_cfg = solver_config(solver, task, **base)
+    space = search_space(solver, task, base_cfg)
+    config = {**config, "solver": solver, "task": task, "metric": metric, "base": base,
+              "space": {k: list(v) for k, v in space.items()}}
+    st = open_storage(storage)
+    study = optuna.create_study(storage=st, study_name=study_name, direction="maximize", load_if_exists=True)
+    old = study.user_attrs.get("scoreinv_config")
+    if old is None:
+        study.set_user_attr("scoreinv_config", config)
+    elif old != config:
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise ScoreinvError(f"study {study_name!r} in {storage} was made with another configuration (differs in: "
+                            f"{', '.join(diff)}); use another --study-name")
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    # a fresh sampler seed per start and worker, so a resumed or parallel run does not replay the
+    # random start points
+    study.sampler = GPSampler(seed=derive_seed(seed, worker, done, len(study.trials)) % 2 ** 31,
+                              n_startup_trials=startup_trials)
+
+    def objective(trial):
+        params = {k: trial.suggest_float(k, lo, hi, log=lg) for k, (lo, hi, lg) in space.items()}
+        cfg = solver_config(solver, task, **{**base, **params})
+        return objective_value(model, problem, cfg, metric, batch_size, seed, device)
+
+    def save_best(study, trial):
+        try:
+            best = study.best_trial
+        except ValueError:        # no completed trial yet
+            return
+        n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if out:
+            write_preset(out, Preset(solver, task, {**base, **best.params},
+                                     {metric: float(best.value), "trials": n, "study": study_name,
+                                      "setting": config.get("setting"), "data": config.get("data"),
+                                      "n_images": int(problem.x.shape[0])}))
+        if trial.state == TrialState.COMPLETE:
+            log(f"trial {trial.number}: {metric} {trial.value:.4f} at {_fmt(trial.params)}; best {best.value:.4f} "
+                f"at {_fmt(best.params)} ({n}/{trials})")
+
+    if done < trials:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        cb = optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))
+        study.optimize(objective, n_trials=trials - done, callbacks=[cb, save_best], catch=(Diverged,))
+    else:
+        log(f"study {study_name!r} already holds {done} completed trials (>= --trials {trials})")
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ScoreinvError(f"study {study_name!r}: no trial completed (all diverged?)") from None
+    save_best(study, best)
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return {"best_value": float(best.value), "best_params": dict(best.params), "n_complete": n,
+            "preset": {**base, **best.params}}
+
+
+def _fmt(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in params.items())

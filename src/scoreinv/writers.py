@@ -1,0 +1,407 @@
+"""Output writers for reconstructions: .npy, .png, .nii/.nii.gz (nibabel), .dcm (pydicom).
+
+Also the `source` record of a measurement file (written by `scoreinv simulate`, read here): how
+the input images were scaled and, for DICOM input, the geometry and identity tags needed to
+write results back into the same study and frame of reference.
+
+Values: reconstructions are on the image scale of the model ([0, 1]). `.npy` and `.png` keep
+that scale; `.nii.gz` and `.dcm` hold original units, value = offset + scale x image value
+(CT: HU; the `source` record gives offset/scale; without it CT uses the paper's window
+[-1024, 3200] HU, MRI keeps [0, 1]). Standard-deviation maps use scale x std (no offset).
+
+Geometry: pixel (r, c) of slice k lies at IPP_k + c Δc e_row + r Δr e_col (DICOM, LPS, mm).
+NIfTI volumes store slice k as vol[:, :, k] = rot90(slice, -1) (the inverse of how
+`scoreinv simulate` reads NIfTI), so vol[i, j, k] = slice_k[H-1-j, i] and the RAS affine is
+diag(-1, -1, 1) [Δc e_row, -Δr e_col, step, IPP_0 + (H-1) Δr e_col].
+
+Every file is written atomically (`scoreinv.atomic`); a DICOM series folder is built in a
+temporary folder beside the target and renamed into place. The folder swap is written here
+because `scoreinv.atomic` handles single files only.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import ScoreinvError
+from .physics.mar_spectra import HU_MAX, HU_MIN
+
+SUPPORTED = (".npy", ".png", ".nii.gz", ".nii", ".dcm")
+HU_WINDOW = (HU_MIN, HU_MAX)  # the paper's [0, 1] <-> HU window (DESIGN.md §2.6)
+
+# --- the source record --------------------------------------------------------------------------
+DICOM_SERIES_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+                     "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID",
+                     "Modality", "SeriesInstanceUID", "SeriesNumber", "BodyPartExamined", "PixelSpacing",
+                     "ImageOrientationPatient", "SliceThickness", "SpacingBetweenSlices")
+DICOM_SLICE_TAGS = ("ImagePositionPatient", "SliceLocation", "InstanceNumber", "SOPInstanceUID", "SOPClassUID")
+IDENTITY_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+                 "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "BodyPartExamined")
+
+
+def _jsonable(v):
+    """A pydicom value as JSON: DS/IS stay numbers, multi-values become lists, the rest str."""
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        return [_jsonable(e) for e in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    return str(v)
+
+
+def _dicom_tags(ds, names) -> dict:
+    out = {}
+    for k in names:
+        if k in ds and ds[k].value is not None and ds[k].value != "":
+            out[k] = _jsonable(ds[k].value)
+    return out
+
+
+def describe_source(path: str, arr: np.ndarray, is_hu: bool, intensity: str, size: int | None, square: bool,
+                    dicom_headers: list | None = None) -> dict:
+    """What `simulate.prepare_images(arr, ...)` did, as JSON for the measurement file's `source` key.
+
+    arr: (N, H, W) values as read. Original value = offset + scale x image value. DICOM geometry
+    follows padding and resizing: padding (p_r, p_c) moves ImagePositionPatient by
+    -(p_c Δc e_row + p_r Δr e_col); resizing m -> size (scikit-image keeps the pixel corners)
+    multiplies PixelSpacing by f = m / size and moves the first pixel centre by (f - 1) / 2 pixels.
+    """
+    mode = intensity if intensity != "auto" else ("hu" if is_hu else "minmax")
+    offset, scale = {"hu": (HU_WINDOW[0], HU_WINDOW[1] - HU_WINDOW[0]),
+                     "minmax": (float(arr.min()), float(arr.max() - arr.min())), "none": (0.0, 1.0)}[mode]
+    low = str(path).lower()
+    fmt = "dicom" if dicom_headers else ("nifti" if low.endswith((".nii", ".nii.gz")) else
+                                         "numpy" if low.endswith((".npy", ".npz")) else "image")
+    _, h, w = arr.shape
+    m = max(h, w) if (square or size) and h != w else None
+    pad = ((m - h) // 2, (m - w) // 2) if m else (0, 0)
+    f = ((m or h) / size) if size else 1.0
+    shape = [size, size] if size else [m or h, m or w]
+    src = {"format": fmt, "units": "HU" if (is_hu and mode != "none") else None,
+           "intensity": {"mode": mode, "offset": offset, "scale": scale},
+           "resize": {"input_shape": [h, w], "pad": list(pad), "factor": f, "shape": shape}}
+    if dicom_headers:
+        tags = _dicom_tags(dicom_headers[0], DICOM_SERIES_TAGS)
+        slices = [_dicom_tags(ds, DICOM_SLICE_TAGS) for ds in dicom_headers]
+        sp, iop = tags.get("PixelSpacing"), tags.get("ImageOrientationPatient")
+        if isinstance(sp, list) and len(sp) == 2:
+            dr, dc = float(sp[0]), float(sp[1])
+            tags["PixelSpacing"] = [dr * f, dc * f]
+            if isinstance(iop, list) and len(iop) == 6:
+                e_row, e_col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+                shift = (-pad[1] + (f - 1) / 2) * dc * e_row + (-pad[0] + (f - 1) / 2) * dr * e_col
+                for s in slices:
+                    if len(s.get("ImagePositionPatient", [])) == 3:
+                        s["ImagePositionPatient"] = (np.asarray(s["ImagePositionPatient"], float) + shift).tolist()
+        tags["Rows"], tags["Columns"] = shape
+        src["dicom"], src["slices"] = tags, slices
+    return src
+
+
+# --- what an output needs to know ---------------------------------------------------------------
+@dataclass
+class OutputMeta:
+    """Units and geometry of an output volume of S slices (H, W).
+
+    original value = offset + scale x image value; pixel_spacing (Δr, Δc) mm; orientation: the
+    6 direction cosines (e_row, e_col); positions: (S, 3) ImagePositionPatient per slice.
+    """
+
+    modality: str = "OT"
+    offset: float = 0.0
+    scale: float = 1.0
+    units: str | None = None
+    pixel_spacing: tuple[float, float] | None = None
+    slice_thickness: float | None = None
+    orientation: list[float] | None = None
+    positions: list[list[float]] | None = None
+    series: dict = field(default_factory=dict)  # identity tags, UIDs, source SOPInstanceUIDs
+    description: str = "scoreinv reconstruction"
+    from_dicom: bool = False
+
+    def values(self, x: np.ndarray, kind: str = "image") -> np.ndarray:
+        return (self.scale * x if kind == "std" else self.offset + self.scale * x).astype(np.float64)
+
+
+def meta_from_source(source: dict | None, task: str, n_slices: int, slices: list[int] | None = None,
+                     pixel_size: float | None = None, description: str = "scoreinv reconstruction") -> OutputMeta:
+    """OutputMeta for `n_slices` output slices (the file's slices `slices`, default all) of a task."""
+    if source and "intensity" in source:
+        it = source["intensity"]
+        offset, scale, units = float(it["offset"]), float(it["scale"]), source.get("units")
+    elif task in ("ct", "mar"):
+        offset, scale, units = HU_WINDOW[0], HU_WINDOW[1] - HU_WINDOW[0], "HU"
+    else:
+        offset, scale, units = 0.0, 1.0, None
+    meta = OutputMeta(modality="CT" if task in ("ct", "mar") else "MR", offset=offset, scale=scale, units=units,
+                      pixel_spacing=(pixel_size, pixel_size) if pixel_size else None, description=description)
+    d = (source or {}).get("dicom")
+    if d:
+        meta.from_dicom = True
+        meta.modality = d.get("Modality", meta.modality)
+        if d.get("PixelSpacing"):
+            meta.pixel_spacing = (float(d["PixelSpacing"][0]), float(d["PixelSpacing"][1]))
+        meta.slice_thickness = float(d["SliceThickness"]) if d.get("SliceThickness") else None
+        meta.orientation = [float(v) for v in d["ImageOrientationPatient"]] if d.get("ImageOrientationPatient") else None
+        meta.series = {k: d[k] for k in (*IDENTITY_TAGS, "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesNumber")
+                       if k in d}
+        per = source.get("slices") or []
+        idx = list(range(n_slices)) if slices is None else list(slices)
+        if len(per) > max(idx, default=-1):
+            chosen = [per[i] for i in idx]
+            if all(len(s.get("ImagePositionPatient", [])) == 3 for s in chosen):
+                meta.positions = [[float(v) for v in s["ImagePositionPatient"]] for s in chosen]
+            meta.series["source_sops"] = [(s.get("SOPClassUID"), s.get("SOPInstanceUID")) for s in chosen]
+    return meta
+
+
+def _frame(meta: OutputMeta, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """(e_row, e_col, positions (n, 3), step (3,), Δr, Δc) with defaults for unknown geometry."""
+    dr, dc = meta.pixel_spacing or (1.0, 1.0)
+    o = np.asarray(meta.orientation if meta.orientation else [1, 0, 0, 0, 1, 0], float)
+    e_row, e_col = o[:3], o[3:]
+    normal = np.cross(e_row, e_col)
+    thick = meta.slice_thickness or 1.0
+    if meta.positions is not None and len(meta.positions) == n:
+        pos = np.asarray(meta.positions, float)
+        step = (pos[-1] - pos[0]) / (n - 1) if n > 1 else normal * thick
+        if n > 1 and np.linalg.norm(step) == 0:
+            step = normal * thick
+    else:
+        step = normal * thick
+        pos = np.arange(n)[:, None] * step[None]
+    return e_row, e_col, pos, step, dr, dc
+
+
+# --- writers ------------------------------------------------------------------------------------
+def output_format(path) -> str:
+    """The output format of `path` (one of SUPPORTED); raises ScoreinvError for any other."""
+    low = str(path).lower()
+    for ext in SUPPORTED:
+        if low.endswith(ext):
+            return ext
+    raise ScoreinvError(f"output {str(path)!r}: unknown format; expected a name ending in one of "
+                        f"{', '.join(SUPPORTED)}")
+
+
+def _check_folder(t: Path) -> None:
+    if t.exists() and (not t.is_dir() or any(not (q.name.startswith("IM_") and q.suffix == ".dcm")
+                                             for q in t.iterdir())):
+        raise ScoreinvError(f"{t}: exists and is not an earlier DICOM output folder (IM_*.dcm only); "
+                            "choose another output name")
+
+
+def check_output(path, n_slices: int) -> str:
+    """Check before any work that `path` can take a volume of `n_slices`; returns the format."""
+    ext = output_format(path)
+    if ext == ".dcm" and n_slices > 1:
+        _check_folder(Path(str(path)[: -len(".dcm")]))
+    elif Path(path).is_dir():
+        raise ScoreinvError(f"output {str(path)!r} is a folder; expected a file name")
+    return ext
+
+
+def std_path(path) -> str:
+    """recon.nii.gz -> recon_std.nii.gz (the pixel-wise standard deviation beside the mean)."""
+    ext = output_format(path)
+    p = str(path)
+    return p[: len(p) - len(ext)] + "_std" + p[len(p) - len(ext):]
+
+
+def write_volume(path, vol: np.ndarray, meta: OutputMeta | None = None, kind: str = "image") -> list[str]:
+    """Write `vol` (S, H, W) image-scale values to `path`; returns the files/folders written.
+
+    kind: "image" (a reconstruction) or "std" (a standard-deviation map: no offset, own display range).
+    """
+    ext = output_format(path)
+    vol = np.asarray(vol, dtype=np.float32)
+    if vol.ndim == 2:
+        vol = vol[None]
+    if vol.ndim != 3 or not np.isfinite(vol).all():
+        raise ScoreinvError(f"write_volume: expected a finite (S, H, W) volume, got shape {vol.shape}")
+    if kind not in ("image", "std"):
+        raise ScoreinvError(f"write_volume: unknown kind {kind!r}; expected 'image' or 'std'")
+    meta = meta or OutputMeta()
+    if ext == ".npy":
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, vol[0] if vol.shape[0] == 1 else vol)
+        return [str(path)]
+    if ext == ".png":
+        return [_write_png(path, vol, kind)]
+    if ext in (".nii", ".nii.gz"):
+        return [_write_nifti(path, vol, meta, kind, ext)]
+    return [_write_dicom(path, vol, meta, kind)]
+
+
+def _write_png(path, vol: np.ndarray, kind: str) -> str:
+    import torch
+
+    from .imaging import grid_array, save_png
+    x = torch.from_numpy(vol[:, None])
+    if kind == "std":  # its own range, 0 .. max
+        x = x / max(float(x.max()), 1e-12)
+    save_png(grid_array(x, pad=0 if vol.shape[0] == 1 else 2), path, cmap="magma" if kind == "std" else "gray")
+    return str(path)
+
+
+def nifti_affine(meta: OutputMeta, n: int, h: int) -> np.ndarray:
+    """The RAS affine (4, 4) of a volume written by `_write_nifti` (see the module docstring)."""
+    e_row, e_col, pos, step, dr, dc = _frame(meta, n)
+    a = np.eye(4)
+    a[:3, 0], a[:3, 1], a[:3, 2] = dc * e_row, -dr * e_col, step
+    a[:3, 3] = pos[0] + (h - 1) * dr * e_col
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ a  # DICOM LPS -> NIfTI RAS
+
+
+def _write_nifti(path, vol: np.ndarray, meta: OutputMeta, kind: str, ext: str) -> str:
+    import nibabel as nib
+    data = np.stack([np.rot90(s, -1) for s in meta.values(vol, kind)], axis=-1).astype(np.float32)
+    img = nib.Nifti1Image(data, nifti_affine(meta, vol.shape[0], vol.shape[1]))
+    code = 1 if meta.from_dicom else 2   # scanner coordinates when the geometry came from DICOM
+    img.set_sform(img.affine, code=code)
+    img.set_qform(img.affine, code=code)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = (meta.description + (f" [{meta.units}]" if meta.units else ""))[:79].encode()
+    with atomic_path(path, suffix=ext) as tmp:
+        nib.save(img, str(tmp))
+    return str(path)
+
+
+SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _rescale(v: np.ndarray, hu: bool) -> tuple[float, float]:
+    """(slope, intercept) for unsigned 16-bit storage: integer HU (slope 1) for CT, else 4096 levels."""
+    lo, hi = float(v.min()), float(v.max())
+    if hu:
+        inter = min(HU_WINDOW[0], float(np.floor(lo)))
+        return max(1.0, (hi - inter) / 65535.0), inter
+    inter = min(0.0, float(np.floor(lo)))
+    return ((hi - inter) / 4095.0 if hi > inter else 1.0), inter
+
+
+def _write_dicom(path, vol: np.ndarray, meta: OutputMeta, kind: str) -> str:
+    """One file for one slice; otherwise a folder `name/` with IM_0001.dcm ... (one series)."""
+    import pydicom  # noqa: F401  (imported for a clear ImportError)
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+    n, h, w = vol.shape
+    v = meta.values(vol, kind)
+    hu = meta.units == "HU" and kind == "image"
+    slope, inter = _rescale(v, hu)
+    stored = np.clip(np.rint((v - inter) / slope), 0, 65535).astype(np.uint16)
+    e_row, e_col, pos, _, dr, dc = _frame(meta, n)
+    normal = np.cross(e_row, e_col)
+    s = meta.series
+    sop_class = SOP_CLASSES.get(meta.modality, SECONDARY_CAPTURE)
+    study_uid, frame_uid = s.get("StudyInstanceUID") or generate_uid(), s.get("FrameOfReferenceUID") or generate_uid()
+    series_uid = generate_uid()
+    now = datetime.datetime.now()
+    lo_w, hi_w = np.percentile(v, [1, 99]) if kind == "image" else (0.0, float(v.max()))
+    sources = s.get("source_sops") or [None] * n
+
+    def slice_ds(k: int) -> Dataset:
+        fm = FileMetaDataset()
+        fm.MediaStorageSOPClassUID, fm.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+        fm.TransferSyntaxUID, fm.ImplementationClassUID = ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+        ds = Dataset()
+        ds.file_meta = fm
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, fm.MediaStorageSOPInstanceUID
+        for tag in IDENTITY_TAGS:
+            if tag in s:
+                setattr(ds, tag, s[tag])
+        ds.PatientID = s.get("PatientID", "scoreinv")
+        ds.PatientName = s.get("PatientName", "")
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality = meta.modality
+        ds.SeriesNumber = int(s.get("SeriesNumber", 0) or 0) + (2000 if kind == "std" else 1000)
+        ds.SeriesDescription = (meta.description + (" (std)" if kind == "std" else ""))[:64]
+        ds.ImageType = ["DERIVED", "SECONDARY"]
+        ds.DerivationDescription = (meta.description + (", pixel-wise posterior standard deviation"
+                                                        if kind == "std" else ""))[:1024]
+        ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [float(f"{c:.6g}") for c in pos[k]]
+        ds.ImageOrientationPatient = [float(f"{c:.6g}") for c in (*e_row, *e_col)]
+        ds.PixelSpacing = [float(f"{dr:.6g}"), float(f"{dc:.6g}")]
+        if meta.slice_thickness:
+            ds.SliceThickness = float(f"{meta.slice_thickness:.6g}")
+        ds.SliceLocation = float(f"{float(pos[k] @ normal):.6g}")
+        if sources[k] and sources[k][1]:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = sources[k][0] or sop_class
+            ref.ReferencedSOPInstanceUID = sources[k][1]
+            ds.SourceImageSequence = [ref]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = h, w
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = float(f"{slope:.10g}"), float(f"{inter:.10g}")
+        ds.RescaleType = "HU" if hu else "US"
+        ds.WindowCenter = float(f"{(lo_w + hi_w) / 2:.6g}")
+        ds.WindowWidth = float(f"{max(hi_w - lo_w, 1e-6):.6g}")
+        ds.PixelData = stored[k].tobytes()
+        return ds
+
+    if n == 1:
+        with atomic_path(path, suffix=".dcm") as tmp:
+            slice_ds(0).save_as(tmp, enforce_file_format=True)
+        return str(path)
+    folder = Path(str(path)[: -len(".dcm")])
+    with _atomic_dir(folder) as tmp:
+        for k in range(n):
+            slice_ds(k).save_as(tmp / f"IM_{k + 1:04d}.dcm", enforce_file_format=True)
+    return str(folder) + os.sep
+
+
+class _atomic_dir:
+    """Build a folder in a temporary sibling, then swap it into place.
+
+    An existing target is replaced only if it holds nothing but IM_*.dcm files (an earlier
+    output); anything else is refused so that user data is never deleted.
+    """
+
+    def __init__(self, target: Path):
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        t = self.target
+        _check_folder(t)
+        t.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        for p in self.tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(self.tmp, 0o777 & ~_umask())
+        old = None
+        if self.target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".old", dir=self.target.parent))
+            os.rmdir(old)
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m

@@ -1,0 +1,96 @@
+"""MNI152 brain slices: offline loading, value range, held-out slabs, contrasts, determinism."""
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from scoreinv.data import brain as Bm
+from scoreinv.data import build_dataset
+from scoreinv.errors import ScoreinvError
+
+
+def test_template_loads_without_network(monkeypatch):
+    def refuse(*a, **k):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    Bm.template_maps.cache_clear()
+    Bm._volume.cache_clear()
+    maps = Bm.template_maps()
+    assert maps.shape[0] == 4 and maps.shape[1] == Bm.Z_HI - Bm.Z_LO + 1 and maps.shape[2] == maps.shape[3]
+    gm, wm, csf = maps[0], maps[1], maps[2]
+    assert 0 <= gm.min() and gm.max() <= 1 and 0 <= csf.min() and csf.max() <= 1
+    assert gm.sum() > 1e5 and wm.sum() > 1e5 and csf.sum() > 1e4     # real tissue maps, not empty
+
+
+@pytest.mark.slow
+def test_fast_path_equals_nilearn_loaders():
+    fast = Bm.load_template()
+    ref = Bm.load_template(use_nilearn=True)
+    for a, b in zip(fast, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_slabs_disjoint_with_gaps():
+    splits = {s: set(Bm.slab_slices(s)) for s in ("train", "val", "test")}
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not splits[a] & splits[b]
+            gap = min(abs(x - y) for x in splits[a] for y in splits[b]) - 1
+            assert gap >= Bm.SLAB_GAP                                   # >= 8 unread slices between
+    assert len(splits["train"]) > 3 * len(splits["val"])
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_planes_stay_in_their_slab(split):
+    ds = build_dataset("brain", split, 16)
+    k0, f = ds.planes(2000, torch.Generator().manual_seed(0))
+    allowed = set(Bm.slab_slices(split))
+    assert set(k0.tolist()) <= allowed and set((k0 + 1).tolist()) <= allowed
+    assert float(f.min()) >= 0 and float(f.max()) <= 1
+    assert len(set(k0.tolist())) >= len(allowed) - len(Bm.SLABS[split]) - 1   # the whole slab is used
+
+
+def test_images_in_unit_range_and_varied():
+    ds = build_dataset("brain", "train", 32)
+    x = ds.sample_batch(8, torch.Generator().manual_seed(1))
+    assert x.shape == (8, 1, 32, 32) and x.dtype == torch.float32
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert bool((x.flatten(1).std(1) > 0.1).all())                     # non-constant slices
+    assert (x[0] - x[1]).abs().mean() > 0.02                           # different images
+
+
+def test_contrast_families():
+    # same planes (same seed, no deformation/noise/bias): T2 inverts the CSF/WM order of T1
+    opts = dict(deform=0.0, noise=0.0, bias=0.0)
+    t1 = build_dataset("brain", "val", 32, contrasts="t1", **opts).generate(6, torch.Generator().manual_seed(3))
+    t2 = build_dataset("brain", "val", 32, contrasts="t2", **opts).generate(6, torch.Generator().manual_seed(3))
+    t1b = build_dataset("brain", "val", 32, contrasts="t1", **opts).generate(6, torch.Generator().manual_seed(3))
+    brain = (t1 > 0.3) & (t2 > 0.3)                                   # away from the brain edge
+    for i in range(6):
+        a, b, c = t1[i][brain[i]], t2[i][brain[i]], t1b[i][brain[i]]
+        assert np.corrcoef(a, b)[0, 1] < -0.5
+        assert np.corrcoef(a, c)[0, 1] > 0.99
+
+
+def test_fixed_sets_deterministic_and_distinct():
+    v1 = build_dataset("brain", "val", 16, n_val=8)
+    v2 = build_dataset("brain", "val", 16, n_val=8)
+    t = build_dataset("brain", "test", 16, n_test=8)
+    assert torch.equal(v1[0], v2[0]) and torch.equal(v1[7], v2[7])
+    assert not torch.equal(v1[0], t[0])
+    b = v1.sample_batch(5, torch.Generator().manual_seed(0))
+    assert all(any(torch.equal(img, v1[i]) for i in range(8)) for img in b)    # drawn from the fixed set
+
+
+def test_options_validated():
+    with pytest.raises(ScoreinvError, match="contrasts"):
+        build_dataset("brain", "train", 16, contrasts="t7")
+    with pytest.raises(ScoreinvError, match="noise"):
+        build_dataset("brain", "train", 16, noise=-1)
+    with pytest.raises(ScoreinvError, match="hu_min"):
+        build_dataset("brain", "train", 16, hu_min=-100)
+    assert len(build_dataset("brain", "train", 16, hu_min=-1024.0, axis=0)) > 0   # neutral options pass

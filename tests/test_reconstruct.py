@@ -1,0 +1,328 @@
+"""`scoreinv reconstruct` end to end (tiny 16x16 model trained 1 step) and the output writers."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scoreinv import config as C
+from scoreinv import writers
+from scoreinv.cli import main
+from scoreinv.errors import ScoreinvError
+from scoreinv.physics.measurements import load_measurements
+from scoreinv.reconstruct import plan
+from scoreinv.sampling import solvers
+from scoreinv.score import read_checkpoint
+from scoreinv.train import train
+
+TINY = ["data.image_size=16", "model.nf=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]",
+        "train.batch_size=4", "train.snapshot_every=0", "train.log_every=1", "train.num_threads=1",
+        "train.max_steps=1"]
+SPACING = 0.661468           # CT_small.dcm: 128 x 128 pixels of 0.661468 mm
+F = 128 / 16                 # resize factor to the model's 16 x 16
+
+
+class RandomImages:
+    def __len__(self):
+        return 64
+
+    def sample_batch(self, b, g):
+        return torch.rand(b, 1, 16, 16, generator=g)
+
+    def shard(self, rank, world):
+        return self
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    train(C.load_config("ct64", TINY), d, dataset=RandomImages(), progress=False)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def ct_series(tmp_path_factory):
+    """A 2-slice CT DICOM series (CT_small.dcm at z and z + 5 mm) and its sparse-view measurements."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+    d = tmp_path_factory.mktemp("ct")
+    (d / "series").mkdir()
+    sources = []
+    for k in range(2):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + 5.0 * k]
+        ds.SOPInstanceUID = generate_uid()
+        ds.InstanceNumber = k + 1
+        ds.save_as(d / "series" / f"s{k}.dcm")
+        sources.append(ds)
+    meas = d / "ct.npz"
+    assert main(["simulate", "--task", "ct", "--views", "8", "--upsample", "1", "--size", "16",
+                 "--input", str(d / "series"), "--out", str(meas)]) == 0
+    return meas, sources
+
+
+@pytest.fixture(scope="module")
+def mri_meas(tmp_path_factory):
+    from pydicom.data import get_testdata_file
+    out = tmp_path_factory.mktemp("mri") / "mri.npz"
+    assert main(["simulate", "--task", "mri", "--acceleration", "4", "--size", "16",
+                 "--input", get_testdata_file("MR_small.dcm"), "--out", str(out)]) == 0
+    return out
+
+
+def recon(model, meas, out, *extra):
+    return main(["reconstruct", "--checkpoint", model, "--measurements", str(meas), "--out", str(out),
+                 "--steps", "2", "--no-progress", *extra])
+
+
+def expected_position(src_ds) -> np.ndarray:
+    """Centre of output pixel (0, 0): the input's first pixel corner + half an output pixel."""
+    ipp = np.asarray([float(v) for v in src_ds.ImagePositionPatient])
+    return ipp + (F - 1) / 2 * SPACING * np.array([1.0, 1.0, 0.0])   # identity orientation
+
+
+# --- end to end -----------------------------------------------------------------------------------
+def test_npy_nifti_png_round_trip_and_seed(model, ct_series, tmp_path):
+    import nibabel as nib
+    from PIL import Image
+    meas, src = ct_series
+    assert recon(model, meas, tmp_path / "a.npy", "--solver", "projection", "--seed", "3") == 0
+    assert recon(model, meas, tmp_path / "b.npy", "--solver", "projection", "--seed", "3") == 0
+    assert recon(model, meas, tmp_path / "c.npy", "--solver", "projection", "--seed", "4") == 0
+    a = np.load(tmp_path / "a.npy")
+    assert a.shape == (2, 16, 16) and a.dtype == np.float32
+    assert np.array_equal(a, np.load(tmp_path / "b.npy"))            # same seed, same result
+    assert not np.allclose(a, np.load(tmp_path / "c.npy"))
+    assert recon(model, meas, tmp_path / "v.nii.gz", "--solver", "projection", "--seed", "3") == 0
+    img = nib.load(tmp_path / "v.nii.gz")
+    vol = img.get_fdata()
+    assert vol.shape == (16, 16, 2)
+    for k in range(2):   # HU, slice k = rot90(vol[:, :, k])
+        np.testing.assert_allclose(np.rot90(vol[:, :, k]), a[k] * 4224.0 - 1024.0, rtol=1e-5, atol=1e-2)
+    # voxel (i, j, k) = pixel (row 15 - j, column i) of slice k, at the DICOM position (LPS -> RAS)
+    for i, j, k in [(0, 0, 0), (3, 7, 1), (15, 15, 1)]:
+        lps = expected_position(src[k]) + np.array([i, 15 - j, 0]) * SPACING * F
+        np.testing.assert_allclose(img.affine @ [i, j, k, 1], [-lps[0], -lps[1], lps[2], 1], atol=1e-3)
+    assert recon(model, meas, tmp_path / "g.png", "--solver", "projection") == 0
+    with Image.open(tmp_path / "g.png") as im:   # a grid of the two slices
+        assert im.size == (2 * 18 + 2, 18 + 2)
+    assert recon(model, meas, tmp_path / "one.png", "--solver", "projection", "--slices", "1") == 0
+    with Image.open(tmp_path / "one.png") as im:
+        assert im.size == (16, 16)
+
+
+def test_dicom_output_keeps_geometry_and_writes_hu(model, ct_series, tmp_path):
+    import pydicom
+    from pydicom.pixels import apply_rescale
+    meas, src = ct_series
+    assert recon(model, meas, tmp_path / "r.npy", "--solver", "dds") == 0
+    assert recon(model, meas, tmp_path / "r.dcm", "--solver", "dds") == 0
+    x = np.load(tmp_path / "r.npy")
+    files = sorted((tmp_path / "r").iterdir())
+    assert [f.name for f in files] == ["IM_0001.dcm", "IM_0002.dcm"]
+    out = [pydicom.dcmread(f) for f in files]
+    assert len({d.SeriesInstanceUID for d in out}) == 1 and out[0].SeriesInstanceUID != src[0].SeriesInstanceUID
+    assert len({d.SOPInstanceUID for d in out} | {d.SOPInstanceUID for d in src}) == 4
+    for k, d in enumerate(out):
+        for tag in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientID", "Modality"):
+            assert d[tag].value == src[k][tag].value, tag
+        assert (d.Rows, d.Columns) == (16, 16)
+        np.testing.assert_allclose([float(v) for v in d.PixelSpacing], [SPACING * F] * 2, rtol=1e-5)
+        np.testing.assert_allclose([float(v) for v in d.ImageOrientationPatient],
+                                   [float(v) for v in src[k].ImageOrientationPatient])
+        np.testing.assert_allclose([float(v) for v in d.ImagePositionPatient], expected_position(src[k]), atol=1e-3)
+        assert float(d.SliceThickness) == float(src[k].SliceThickness)
+        assert d.RescaleType == "HU" and d.SourceImageSequence[0].ReferencedSOPInstanceUID == src[k].SOPInstanceUID
+        hu = apply_rescale(d.pixel_array, d)
+        np.testing.assert_allclose(hu, x[k] * 4224.0 - 1024.0, atol=float(d.RescaleSlope) / 2 + 1e-3)
+    # a single slice is a single file; the output folder of a rerun is replaced
+    assert recon(model, meas, tmp_path / "s.dcm", "--solver", "dds", "--slices", "1") == 0
+    one = pydicom.dcmread(tmp_path / "s.dcm")
+    np.testing.assert_allclose([float(v) for v in one.ImagePositionPatient], expected_position(src[1]), atol=1e-3)
+    assert recon(model, meas, tmp_path / "r.dcm", "--solver", "dds", "--seed", "1") == 0
+    assert len(list((tmp_path / "r").iterdir())) == 2
+    assert pydicom.dcmread(tmp_path / "r" / "IM_0001.dcm").SeriesInstanceUID != out[0].SeriesInstanceUID
+
+
+def test_samples_write_mean_and_std(model, mri_meas, tmp_path, capsys):
+    report = tmp_path / "run.json"
+    assert recon(model, mri_meas, tmp_path / "m.npy", "--solver", "projection", "--samples", "3",
+                 "--batch-size", "3", "--report", str(report)) == 0
+    mean, std = np.load(tmp_path / "m.npy"), np.load(tmp_path / "m_std.npy")
+    assert mean.shape == std.shape == (16, 16)
+    assert (std >= 0).all() and std.max() > 0
+    nfe = solvers.solver_config("projection", "mri", steps=2).nfe()
+    text = capsys.readouterr().out
+    assert f"NFE per slice: {3 * nfe} (3 x {nfe})" in text and "PSNR" in text and "SSIM" in text
+    rec = json.loads(report.read_text())
+    assert rec["nfe_per_slice"] == 3 * nfe and rec["samples"] == 3 and len(rec["metrics"]["psnr"]) == 1
+    assert recon(model, mri_meas, tmp_path / "m.png", "--solver", "dds", "--samples", "2") == 0
+    assert (tmp_path / "m_std.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lambda_one_gives_data_consistency(model, mri_meas, ct_series, tmp_path):
+    from scoreinv.physics.fourier_slice import fourier_from_parallel
+    m = load_measurements(mri_meas)
+    op = m.operator()
+
+    def residual(path):
+        x = torch.from_numpy(np.load(path))[None, None]
+        return float((op.forward(x) - m.y).abs().norm() / m.y.abs().norm())
+
+    assert recon(model, mri_meas, tmp_path / "hard.npy", "--solver", "projection", "--set", "solver.lam=1") == 0
+    assert residual(tmp_path / "hard.npy") < 1e-4   # float32 rounding of an untrained model's large values
+    assert recon(model, mri_meas, tmp_path / "soft.npy", "--solver", "projection", "--set", "solver.lam=0.5",
+                 "--set", "solver.final_projection=false") == 0
+    assert residual(tmp_path / "soft.npy") > 1e-2
+    # CT on the Fourier-slice decomposition: exact consistency with the converted data
+    meas, _ = ct_series
+    assert recon(model, meas, tmp_path / "ct.npy", "--solver", "projection", "--ct-operator", "fourier",
+                 "--set", "lambda=1") == 0
+    mc = load_measurements(meas)
+    fop, yf = fourier_from_parallel(mc.operator(), mc.y)
+    yh = fop.hermitian_part(yf)
+    x = torch.from_numpy(np.load(tmp_path / "ct.npy"))[:, None]
+    assert float((fop.forward(x) - yh).abs().norm() / yh.abs().norm()) < 1e-4
+
+
+def test_mar_per_slice_operator_with_samples(model, tmp_path):
+    np.save(tmp_path / "img.npy", np.random.default_rng(0).random((2, 16, 16)))
+    meas = tmp_path / "mar.npz"
+    assert main(["simulate", "--task", "mar", "--input", str(tmp_path / "img.npy"), "--implants", "1",
+                 "--out", str(meas)]) == 0
+    assert recon(model, meas, tmp_path / "mar.npy", "--solver", "projection", "--samples", "2",
+                 "--batch-size", "2") == 0
+    assert np.load(tmp_path / "mar.npy").shape == np.load(tmp_path / "mar_std.npy").shape == (2, 16, 16)
+
+
+# --- bad input: clear errors before any sampling ------------------------------------------------
+@pytest.fixture
+def no_sampling(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("sampling started")
+    monkeypatch.setattr(solvers, "posterior", boom)
+    monkeypatch.setattr(solvers, "solve", boom)
+
+
+def _rewrite(src, dst, **changes):
+    with np.load(src, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    d.update(changes)
+    np.savez(dst, **d)
+
+
+def test_bad_inputs_fail_before_sampling(model, mri_meas, tmp_path, capsys, no_sampling):
+    from pydicom.data import get_testdata_file
+    big = tmp_path / "big.npz"
+    assert main(["simulate", "--task", "mri", "--size", "24", "--input", get_testdata_file("MR_small.dcm"),
+                 "--out", str(big)]) == 0
+    ck = read_checkpoint(f"{model}/checkpoints-meta/checkpoint.pt")
+    del ck["ema"]
+    torch.save(ck, tmp_path / "noema.pt")
+    _rewrite(mri_meas, tmp_path / "v2.npz", format_version=np.array(2))
+    with np.load(mri_meas) as z:
+        y = z["measurements"].copy()
+    y[0, 3, 3] = np.nan
+    _rewrite(mri_meas, tmp_path / "nan.npz", measurements=y)
+    (tmp_path / "other.yaml").write_text("solver: projection\ntask: ct\nparams: {snr: 0.2}\n")
+    good = ["--checkpoint", model, "--measurements", str(mri_meas), "--solver", "projection"]
+    cases = [
+        (["--measurements", str(big)], "24x24 images, but checkpoint"),
+        (["--solver", "nope"], "unknown solver 'nope'"),
+        (["--set", "solver.lam=1.5"], "outside its valid range [0, 1]"),
+        (["--set", "solver.snr=-0.1"], "solver.snr = -0.1 is outside"),
+        (["--set", "solver.lam=abc"], "expected a value of type float"),
+        (["--set", "solver.bogus=1"], "unknown solver parameter"),
+        (["--checkpoint", str(tmp_path / "noema.pt")], "EMA"),
+        (["--measurements", str(tmp_path / "v2.npz")], "format version 2 is not supported"),
+        (["--measurements", str(tmp_path / "nan.npz")], "NaN"),
+        (["--out", str(tmp_path / "x.tiff")], ".npy, .png, .nii.gz, .nii, .dcm"),
+        (["--samples", "0"], "--samples"),
+        (["--slices", "5"], "holds 1 slice"),
+        (["--ct-operator", "fourier"], "--ct-operator applies to parallel-beam CT"),
+        (["--preset", str(tmp_path / "other.yaml")], "tuned for task 'ct'"),
+        (["--preset", str(tmp_path / "missing.yaml")], "no such file"),
+    ]
+    for extra, msg in cases:
+        args = dict(zip(good[::2], good[1::2]))
+        args["--out"] = str(tmp_path / "out.npy")
+        rest = []
+        for i in range(0, len(extra), 2):
+            if extra[i] in args:
+                args[extra[i]] = extra[i + 1]
+            else:
+                rest += extra[i:i + 2]
+        argv = ["reconstruct", *[t for kv in args.items() for t in kv], *rest, "--no-progress"]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert msg in err, (extra, err)
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_preset_file_and_overrides(model, mri_meas, tmp_path):
+    p = tmp_path / "tuned.yaml"
+    p.write_text("solver: projection\ntask: mri\nparams: {snr: 0.3, lam: 0.75}\n")
+    pl = plan(model, str(mri_meas), str(tmp_path / "o.npy"), preset=str(p), overrides={"solver.snr": 0.2})
+    assert pl.cfg.name == "projection" and pl.cfg.lam == 0.75 and pl.cfg.snr == 0.2
+    assert pl.cfg.final_projection is True        # noise-free data
+    with pytest.raises(ScoreinvError, match="differs from the preset"):
+        plan(model, str(mri_meas), str(tmp_path / "o.npy"), solver="dds", preset=str(p))
+    with pytest.raises(ScoreinvError, match="give --solver"):
+        plan(model, str(mri_meas), str(tmp_path / "o.npy"))
+
+
+# --- writers and the source record ----------------------------------------------------------------
+def test_writers_formats_and_folders(tmp_path):
+    with pytest.raises(ScoreinvError, match="unknown format"):
+        writers.output_format(tmp_path / "x.jpg")
+    assert writers.std_path("a/recon.nii.gz") == "a/recon_std.nii.gz"
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("user data")
+    with pytest.raises(ScoreinvError, match="not an earlier DICOM output"):
+        writers.check_output(tmp_path / "keep.dcm", 3)
+    with pytest.raises(ScoreinvError, match="not an earlier DICOM output"):
+        writers.write_volume(tmp_path / "keep.dcm", np.zeros((2, 4, 4)), writers.OutputMeta())
+    assert (tmp_path / "keep" / "notes.txt").exists()
+    with pytest.raises(ScoreinvError, match="finite"):
+        writers.write_volume(tmp_path / "n.npy", np.full((4, 4), np.nan))
+    # MRI without a source record: [0, 1] values, 12-bit storage, MR modality
+    import pydicom
+    from pydicom.pixels import apply_rescale
+    x = np.random.default_rng(0).random((1, 8, 8)).astype(np.float32)
+    meta = writers.meta_from_source(None, "mri", 1, pixel_size=0.5)
+    writers.write_volume(tmp_path / "m.dcm", x, meta)
+    d = pydicom.dcmread(tmp_path / "m.dcm")
+    assert d.Modality == "MR" and [float(v) for v in d.PixelSpacing] == [0.5, 0.5]
+    np.testing.assert_allclose(apply_rescale(d.pixel_array, d), x[0], atol=float(d.RescaleSlope) / 2 + 1e-7)
+
+
+def test_source_record_follows_padding_and_resize():
+    """The centre of the image stays where it was after padding 10x16 -> 16x16 and resizing to 8x8."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    ds = Dataset()
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [10.0, 20.0, 30.0], [0, 1, 0, 0, 0, -1]
+    ds.PixelSpacing, ds.SliceThickness, ds.PatientID = [0.5, 0.25], 2.0, "p1"
+    assert isinstance(ds, pydicom.Dataset)
+    arr = np.random.default_rng(1).random((1, 10, 16)) * 1000
+    src = writers.describe_source("x.dcm", arr, True, "auto", 8, True, [ds])
+    assert src["units"] == "HU" and src["intensity"] == {"mode": "hu", "offset": -1024.0, "scale": 4224.0}
+    e_row, e_col = np.array([0, 1, 0.0]), np.array([0, 0, -1.0])
+    centre_in = np.array([10.0, 20, 30]) + 7.5 * 0.25 * e_row + 4.5 * 0.5 * e_col
+    d, s = src["dicom"], src["slices"][0]
+    dr, dc = d["PixelSpacing"]
+    assert (dr, dc) == (0.5 * 2, 0.25 * 2) and (d["Rows"], d["Columns"]) == (8, 8)
+    centre_out = np.asarray(s["ImagePositionPatient"]) + 3.5 * dc * e_row + 3.5 * dr * e_col
+    np.testing.assert_allclose(centre_out, centre_in, atol=1e-9)
+    assert json.loads(json.dumps(src)) == src
+
+
+def test_files_without_source_record_still_work(model, mri_meas, tmp_path):
+    with np.load(mri_meas, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files if k != "source"}
+    np.savez(tmp_path / "old.npz", **d)
+    assert load_measurements(tmp_path / "old.npz").source is None
+    assert load_measurements(mri_meas).source["dicom"]["PatientID"] == "4MR1"
+    assert recon(model, tmp_path / "old.npz", tmp_path / "o.nii.gz", "--solver", "dds") == 0
