@@ -7,7 +7,14 @@ import torch
 from scoreinv.errors import ScoreinvError
 from scoreinv.sde import SubVPSDE, VESDE, VPSDE, build_sde
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def test_ve_sigma_and_marginal():

@@ -87,7 +87,7 @@ def resolve_methods(names, task: str, steps: int | None = None, sets: dict | Non
     bad = [n for n in names if n not in valid]
     if bad:
         other = [n for n in bad if n in BASELINES]
-        hint = f" ({', '.join(other)} do(es) not apply to {task})" if other else ""
+        hint = f" ({', '.join(other)}: not a {task} method)" if other else ""
         raise ScoreinvError(f"unknown solver(s) {', '.join(bad)} for task {task}{hint}; expected some of: "
                             f"{', '.join(valid)}")
     if len(set(names)) != len(names):
@@ -188,7 +188,7 @@ def choose_baseline_params(methods, problem: Problem, cache: Path, key: str, log
         m.params[entry[m.name]["param"]] = entry[m.name]["value"]
 
 
-def _diff(a: dict, b: dict, prefix: str = "", skip: str = "") -> list[str]:
+def config_diff(a: dict, b: dict, prefix: str = "", skip: str = "") -> list[str]:
     """Keys (dotted) whose values differ between two JSON-like dicts, with both values."""
     out = []
     for k in sorted(set(a) | set(b)):
@@ -196,7 +196,7 @@ def _diff(a: dict, b: dict, prefix: str = "", skip: str = "") -> list[str]:
             continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
+            out += config_diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
             out.append(f"{prefix}{k}: {va!r} there, {vb!r} now")
     return out
@@ -207,10 +207,10 @@ def check_config(path: Path, config: dict) -> dict:
     added, a solver's parameters must match); store the union; return it."""
     if path.exists():
         old = json.loads(path.read_text())
-        diff = sorted(_diff(old, config, skip="methods"))
+        diff = sorted(config_diff(old, config, skip="methods"))
         for n, p in config["methods"].items():
             if n in old.get("methods", {}):
-                diff += _diff(old["methods"][n], p, f"{n}.")
+                diff += config_diff(old["methods"][n], p, f"{n}.")
         if diff:
             raise ScoreinvError(f"{path.parent} holds results of another configuration (differs in: "
                                 f"{', '.join(diff)}); use another --out or remove it")
@@ -273,6 +273,7 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
                             f"{len(dataset)} image(s)")
     check_range("--batch-size", batch_size, 1)
     check_range("--samples", samples, 1)
+    check_range("--val-images", n_val, 1)
     config = {"version": CONFIG_VERSION, "task": options.to_dict(), "data": data_id, "split": split,
               "seed": seed, "batch_size": batch_size, "samples": samples, "model": model_id,
               "methods": {m.name: m.params for m in methods}}
@@ -337,7 +338,8 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
                "data": data_id, "split": split, "metric_variant": MAIN_VARIANT}
         for k in names:
             rec.update(_summary_stats(k, vals[k]))
-        rec.update(sec_per_image=float(secs.mean()), nfe=nfe, n_images=int(len(secs)), samples=samples,
+        rec.update(sec_per_image=float(secs.mean()), nfe=nfe, n_images=int(len(secs)),
+                   samples=samples if m.kind == "score" else 1,
                    params=m.params)
         summary.append(rec)
     buf = io.StringIO()

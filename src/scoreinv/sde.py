@@ -7,6 +7,7 @@ Times t are (B,) tensors in [eps, 1]; images are (B, C, H, W).
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -18,20 +19,21 @@ def _b(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-class SDE:
+class SDE(abc.ABC):
     N: int
     eps: float
 
+    @abc.abstractmethod
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha(t), beta(t)) with x_t = alpha x_0 + beta z."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sde(self, x, t):
         """Drift f(x, t) and diffusion g(t) of dx = f dt + g dw."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def prior_sampling(self, shape, generator=None, device="cpu", dtype=torch.float32):
-        raise NotImplementedError
+        """A draw from p_1, shape `shape`."""
 
     def marginal_prob(self, x0: torch.Tensor, t: torch.Tensor):
         """Mean and std of p_t(x_t | x_0)."""

@@ -42,8 +42,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator, weighting: str = "score",
-             bf16: bool = False) -> torch.Tensor:
-    """Mean over the batch of w(σ) ‖β s_θ(x_t, t) + z‖² (sum over pixels)."""
+             bf16: bool = False, forward=None) -> torch.Tensor:
+    """Mean over the batch of w(σ) ‖β s_θ(x_t, t) + z‖² (sum over pixels).
+
+    `forward` (default: `model`) is what computes the score: the DistributedDataParallel
+    wrapper under torchrun, so gradients are averaged across ranks.
+    """
     sde = model.sde
     b = x0.shape[0]
     t = torch.rand(b, generator=generator, dtype=torch.float64).to(x0.device) * (1 - sde.eps) + sde.eps
@@ -55,7 +59,7 @@ def dsm_loss(model, x0: torch.Tensor, generator: torch.Generator, weighting: str
     if x0.device.type == "cpu":
         xt = xt.contiguous(memory_format=torch.channels_last)
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        s = model(xt, t)
+        s = (forward or model)(xt, t)
     per = ((bt * s.float() + z) ** 2).flatten(1).sum(1)
     if weighting == "edm":
         per = per * (1 + (beta / alpha).float() ** 2 / model.sigma_data ** 2)
@@ -199,7 +203,7 @@ def train(cfg, workdir: str | Path, dataset=None, progress: bool = True, stop_af
         x0 = dataset.sample_batch(t_cfg.batch_size, gen_data).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, t_cfg.lr, t_cfg.warmup)
-        loss = dsm_loss(net if world > 1 else model, x0, gen_noise, t_cfg.loss_weighting, t_cfg.bf16)
+        loss = dsm_loss(model, x0, gen_noise, t_cfg.loss_weighting, t_cfg.bf16, forward=net)
         if not torch.isfinite(loss):
             raise ScoreinvError(f"training loss became {loss.item()} at step {step}; lower train.lr or check the data")
         opt.zero_grad(set_to_none=True)

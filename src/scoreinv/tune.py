@@ -24,6 +24,7 @@ trial as a YAML preset that `eval` and `reconstruct` read with `load_preset`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def open_storage(url: str):
             raise ScoreinvError("--storage: an in-memory database cannot resume; give a file, sqlite:///study.db")
         db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        with warnings.catch_warnings():      # heartbeat_interval is marked experimental in optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except Exception as e:  # SQLAlchemy: unknown dialect, unreachable server, missing driver
         raise ScoreinvError(f"--storage {url!r}: cannot open ({type(e).__name__}: {str(e)[:200]})") from None
 
@@ -180,13 +183,15 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
     space = search_space(solver, task, base_cfg)
     config = {**config, "solver": solver, "task": task, "metric": metric, "base": base,
               "space": {k: list(v) for k, v in space.items()}}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_storage(storage)
     study = optuna.create_study(storage=st, study_name=study_name, direction="maximize", load_if_exists=True)
     old = study.user_attrs.get("scoreinv_config")
     if old is None:
         study.set_user_attr("scoreinv_config", config)
     elif old != config:
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        from .evaluate import config_diff
+        diff = config_diff(old, config)
         raise ScoreinvError(f"study {study_name!r} in {storage} was made with another configuration (differs in: "
                             f"{', '.join(diff)}); use another --study-name")
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -200,32 +205,36 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
         cfg = solver_config(solver, task, **{**base, **params})
         return objective_value(model, problem, cfg, metric, batch_size, seed, device)
 
-    def save_best(study, trial):
+    def write_best(study):
         try:
             best = study.best_trial
         except ValueError:        # no completed trial yet
-            return
-        n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            return None
         if out:
+            n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             write_preset(out, Preset(solver, task, {**base, **best.params},
                                      {metric: float(best.value), "trials": n, "study": study_name,
                                       "setting": config.get("setting"), "data": config.get("data"),
                                       "n_images": int(problem.x.shape[0])}))
+        return best
+
+    def after_trial(study, trial):
+        best = write_best(study)
         if trial.state == TrialState.COMPLETE:
+            n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             log(f"trial {trial.number}: {metric} {trial.value:.4f} at {_fmt(trial.params)}; best {best.value:.4f} "
                 f"at {_fmt(best.params)} ({n}/{trials})")
+        elif trial.state == TrialState.FAIL:
+            log(f"trial {trial.number} failed at {_fmt(trial.params)} (diverged or metric undefined)")
 
     if done < trials:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         cb = optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))
-        study.optimize(objective, n_trials=trials - done, callbacks=[cb, save_best], catch=(Diverged,))
+        study.optimize(objective, n_trials=trials - done, callbacks=[cb, after_trial], catch=(Diverged,))
     else:
         log(f"study {study_name!r} already holds {done} completed trials (>= --trials {trials})")
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ScoreinvError(f"study {study_name!r}: no trial completed (all diverged?)") from None
-    save_best(study, best)
+    best = write_best(study)
+    if best is None:
+        raise ScoreinvError(f"study {study_name!r}: no trial completed (all diverged?)")
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return {"best_value": float(best.value), "best_params": dict(best.params), "n_complete": n,
             "preset": {**base, **best.params}}

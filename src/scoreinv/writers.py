@@ -152,7 +152,8 @@ def meta_from_source(source: dict | None, task: str, n_slices: int, slices: list
         if d.get("PixelSpacing"):
             meta.pixel_spacing = (float(d["PixelSpacing"][0]), float(d["PixelSpacing"][1]))
         meta.slice_thickness = float(d["SliceThickness"]) if d.get("SliceThickness") else None
-        meta.orientation = [float(v) for v in d["ImageOrientationPatient"]] if d.get("ImageOrientationPatient") else None
+        iop = d.get("ImageOrientationPatient")
+        meta.orientation = [float(v) for v in iop] if iop else None
         meta.series = {k: d[k] for k in (*IDENTITY_TAGS, "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesNumber")
                        if k in d}
         per = source.get("slices") or []

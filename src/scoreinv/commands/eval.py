@@ -29,7 +29,7 @@ cs_tv, cs_wavelet; mar li, nmar, sirt, cgls, tv. Baseline weights (tv, cs_*) and
 counts (sirt, cgls) are chosen on --val-images validation images and cached in the folder,
 unless fixed with --set tv.weight=1e-3.
 
-Score-solver parameters, later ones win: the task preset (DESIGN.md §2.4; final_projection off
+Score-solver parameters, later ones win: the task preset (the paper's values; final_projection off
 for noisy CT/MRI data), --preset files from `scoreinv tune`, --steps, --set solver.PARAM=V (all
 score solvers) or --set NAME.PARAM=V (one solver). CT data are simulated without the inverse
 crime on the ParallelBeamCT geometry; --ct-operator picks what score solvers see (see
@@ -38,13 +38,15 @@ Fourier-slice decomposition of the converted sinogram).
 """
 
 
-def add_task_arguments(p: argparse.ArgumentParser) -> None:
+def add_task_arguments(p: argparse.ArgumentParser, model_optional: bool = True) -> None:
     """--task, --views, --acceleration, --mask, --noise, --ct-operator, --upsample, --data, --split,
     --seed, --device, --checkpoint (names shared by eval, tune, reconstruct, demo)."""
     from ..physics.masks import MASK_KINDS
     from ..tasks import CT_OPERATORS, DEFAULT_CT_OPERATOR, DEFAULT_CT_VIEWS
-    p.add_argument("--checkpoint", help="checkpoint file, training work directory, or shipped model name "
-                   "(sets the image size; optional when only classical baselines run and --image-size is given)")
+    p.add_argument("--checkpoint", required=not model_optional,
+                   help="checkpoint file, training work directory, or shipped model name (sets the image size"
+                        + ("; optional when only classical baselines run and --image-size is given)"
+                           if model_optional else ")"))
     p.add_argument("--task", required=True, help="ct | mri | mar")
     t = p.add_argument_group("task options")
     t.add_argument("--views", type=int, help=f"CT/MAR: measured views, rows round(linspace(0, N-1, views)) of N "

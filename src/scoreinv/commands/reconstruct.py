@@ -31,7 +31,8 @@ via RescaleSlope/Intercept). When the file holds a ground truth, PSNR/SSIM are p
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("reconstruct", help="reconstruct images from a measurement file",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, training work directory, or shipped model name")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint file, training work directory, or shipped model name")
     p.add_argument("--measurements", required=True, help="measurement file (.npz from `scoreinv simulate`)")
     p.add_argument("--out", required=True, help="output: .npy, .png, .nii, .nii.gz or .dcm")
     p.add_argument("--solver", help="baseline, langevin, langevin_projection, projection, dds or dps "

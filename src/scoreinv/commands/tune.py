@@ -12,7 +12,7 @@ HELP = """Tune a score solver's hyperparameters on VALIDATION images by Bayesian
 Searches (optuna GPSampler: Gaussian-process Bayesian optimisation after --startup-trials random
 points) over (snr, lambda) for projection / langevin_projection, (snr, r) for baseline /
 langevin, (lambda, eta) for dds, zeta for dps; snr in [0, 0.4] for CT and MAR, [0.2, 0.8] for
-MRI, lambda in [0, 1], r in [0.1, 20] (DESIGN.md §2.7). Objective: mean --metric over
+MRI, lambda in [0, 1], r in [0.1, 20] (as the paper). Objective: mean --metric over
 --num-images images of --split (val by default; the test split is refused).
 
 --trials is the total number of completed trials: every finished trial is stored in --storage,
@@ -30,14 +30,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     from .eval import add_task_arguments
     p = subparsers.add_parser("tune", help="Bayesian optimisation of solver hyperparameters (optuna GP)",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_task_arguments(p)
+    add_task_arguments(p, model_optional=False)
     p.add_argument("--split", default="val", help="images to tune on: val (default) or train; test is refused")
     p.add_argument("--solver", required=True, help="score solver: projection, langevin_projection, baseline, "
                    "langevin, dds or dps")
     p.add_argument("--trials", type=int, required=True, help="completed trials wanted in the study (total)")
     p.add_argument("--storage", required=True, help="optuna database URL: sqlite:///study.db, or "
                    "postgresql+psycopg2://user:password@host/db to share a study across machines")
-    p.add_argument("--study-name", help="study name (default: TASK-SOLVER-SETTING)")
+    p.add_argument("--study-name", help="study name (default: TASK-SOLVER-SETTING, e.g. ct-projection-v23-n0-radon)")
     p.add_argument("--num-images", type=int, default=4, help="validation images in the objective (default 4)")
     p.add_argument("--metric", default="ssim", help="objective: ssim (default) or psnr, or a variant: "
                    "ssim_circle, psnr_circle, ssim_hist, psnr_hist, ssim_mar, psnr_mar (MAR)")
@@ -91,7 +91,7 @@ def run(args) -> int:
                             f"{len(ds)} image(s)")
     problem = build_problem(load_images(ds, range(args.num_images)), opts,
                             torch.Generator().manual_seed(derive_seed(args.seed, "problem-tune")))
-    name = args.study_name or f"{opts.task}-{args.solver}-" + opts.setting().replace(" ", "-")
+    name = args.study_name or f"{opts.task}-{args.solver}-{opts.slug()}"
     out = args.out or f"{name}.yaml"
     config = {"options": opts.to_dict(), "setting": opts.setting(), "data": data_id(args.data),
               "data_seed": args.data_seed, "split": args.split, "num_images": args.num_images, "model": fingerprint,

@@ -16,6 +16,8 @@ without a cheap exact T.
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from ..errors import ScoreinvError, check_finite, check_images
@@ -27,7 +29,7 @@ def real_inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return p.flatten(1).sum(1)
 
 
-class LinearOperator:
+class LinearOperator(abc.ABC):
     """A linear measurement operator A: (B, 1, H, W) -> (B, *meas_shape)."""
 
     image_shape: tuple[int, int]
@@ -37,11 +39,13 @@ class LinearOperator:
     name: str = "operator"
 
     # --- to be implemented -------------------------------------------------------------
+    @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+        """A x: (B, 1, H, W) -> (B, *meas_shape)."""
 
+    @abc.abstractmethod
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement adjoint")
+        """A^T y: (B, *meas_shape) -> (B, 1, H, W)."""
 
     # --- shared ------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,13 +117,13 @@ class LinearOperator:
 
     # --- decomposition (optional) ------------------------------------------------------
     def T(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no A = P(Λ)T decomposition")
+        raise ScoreinvError(f"{type(self).__name__} has no A = P(Λ)T decomposition; use lstsq (conjugate gradient)")
 
     def T_inv(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no A = P(Λ)T decomposition")
+        raise ScoreinvError(f"{type(self).__name__} has no A = P(Λ)T decomposition; use lstsq (conjugate gradient)")
 
     def embed(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no A = P(Λ)T decomposition")
+        raise ScoreinvError(f"{type(self).__name__} has no A = P(Λ)T decomposition; use lstsq (conjugate gradient)")
 
     def restrict(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no A = P(Λ)T decomposition")
+        raise ScoreinvError(f"{type(self).__name__} has no A = P(Λ)T decomposition; use lstsq (conjugate gradient)")

@@ -1,0 +1,155 @@
+"""`scoreinv tune`: search space, presets, a study interrupted and resumed, refusals."""
+import optuna
+import pytest
+import torch
+import yaml
+
+from scoreinv import config as C
+from scoreinv import tune as T
+from scoreinv.cli import main
+from scoreinv.errors import ScoreinvError
+from scoreinv.sampling.solvers import solver_config
+from scoreinv.train import train
+
+TINY = ["data.image_size=16", "model.nf=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]",
+        "train.batch_size=2", "train.snapshot_every=0", "train.log_every=1", "train.num_threads=1",
+        "train.max_steps=1"]
+
+
+class RandomImages:
+    def __len__(self):
+        return 64
+
+    def sample_batch(self, b, g):
+        return torch.rand(b, 1, 16, 16, generator=g)
+
+    def shard(self, rank, world):
+        return self
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    train(C.load_config("ct64", TINY), d, dataset=RandomImages(), progress=False)
+    return str(d)
+
+
+def _args(ckpt, tmp_path, trials, *extra):
+    return ["tune", "--checkpoint", ckpt, "--task", "ct", "--views", "6", "--data", "phantoms", "--solver",
+            "projection", "--trials", str(trials), "--steps", "2", "--num-images", "2", "--study-name", "s",
+            "--storage", f"sqlite:///{tmp_path / 'db' / 'study.db'}", "--out", str(tmp_path / "best.yaml"), *extra]
+
+
+def _trials(tmp_path):
+    st = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'db' / 'study.db'}")
+    return st.get_trials(deepcopy=False)
+
+
+def test_search_space_bounds():
+    assert T.search_space("projection", "ct", solver_config("projection", "ct")) == {
+        "snr": (0.0, 0.4, False), "lam": (0.0, 1.0, False)}
+    assert T.search_space("baseline", "mri", solver_config("baseline", "mri")) == {
+        "snr": (0.2, 0.8, False), "r": (0.1, 20.0, True)}
+    assert T.search_space("langevin_projection", "mar", solver_config("langevin_projection", "mar"))["snr"] == \
+        (0.0, 0.4, False)
+    # the MAR projection preset is predictor-only: snr has no effect and is not searched
+    assert T.search_space("projection", "mar", solver_config("projection", "mar")) == {"lam": (0.0, 1.0, False)}
+    assert T.search_space("dds", "ct", solver_config("dds", "ct")) == {"lam": (0.0, 1.0, False),
+                                                                      "eta": (0.0, 1.0, False)}
+
+
+def test_preset_roundtrip_and_errors(tmp_path):
+    p = tmp_path / "p.yaml"
+    T.write_preset(p, T.Preset("dds", "mri", {"lam": 0.7, "eta": 0.5, "steps": 20}, {"ssim": 0.9}))
+    got = T.load_preset(p, solver="dds", task="mri")
+    assert got.params == {"lam": 0.7, "eta": 0.5, "steps": 20} and got.meta["ssim"] == 0.9
+    with pytest.raises(ScoreinvError, match="not 'projection'"):
+        T.load_preset(p, solver="projection")
+    with pytest.raises(ScoreinvError, match="tuned for task 'mri'"):
+        T.load_preset(p, task="ct")
+    with pytest.raises(ScoreinvError, match="no such file"):
+        T.load_preset(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("solver: [unclosed")
+    with pytest.raises(ScoreinvError, match="not a readable YAML"):
+        T.load_preset(tmp_path / "bad.yaml")
+    (tmp_path / "lam.yaml").write_text(yaml.safe_dump({"solver": "projection", "task": "ct", "params": {"lam": 2}}))
+    with pytest.raises(ScoreinvError, match="lam"):
+        T.load_preset(tmp_path / "lam.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ScoreinvError, match="solver, task and params"):
+        T.load_preset(tmp_path / "list.yaml")
+
+
+def test_interrupted_study_resumes_with_its_trials(ckpt, tmp_path, monkeypatch):
+    assert main(_args(ckpt, tmp_path, 3)) == 0
+    first = [(t.number, t.params, t.value) for t in _trials(tmp_path)]
+    assert len(first) == 3 and all(t.state.name == "COMPLETE" for t in _trials(tmp_path))
+    for _, params, _ in first:
+        assert 0 <= params["snr"] <= 0.4 and 0 <= params["lam"] <= 1
+    # a second run asking for 5 is interrupted during its first trial (as Ctrl-C would)
+    real = T.objective_value
+    monkeypatch.setattr(T, "objective_value", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(_args(ckpt, tmp_path, 5)) == 130
+    monkeypatch.setattr(T, "objective_value", real)
+    assert [t.state.name for t in _trials(tmp_path)] == ["COMPLETE"] * 3 + ["FAIL"]
+    gp = []
+    real_rel = optuna.samplers.GPSampler.sample_relative
+
+    def spy(self, study, trial, space):
+        out = real_rel(self, study, trial, space)
+        gp.append(out)
+        return out
+
+    monkeypatch.setattr(optuna.samplers.GPSampler, "sample_relative", spy)
+    # resume: 2 more completed trials, proposed by the Gaussian process (3 startup trials exist)
+    assert main(_args(ckpt, tmp_path, 5, "--startup-trials", "3")) == 0
+    assert len(gp) == 2 and all(set(p) == {"snr", "lam"} for p in gp)
+    trials = _trials(tmp_path)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == 5 and [(t.number, t.params, t.value) for t in done[:3]] == first
+    assert [t.params for t in done[3:]] == gp
+    best = max(done, key=lambda t: t.value)
+    preset = T.load_preset(tmp_path / "best.yaml", solver="projection", task="ct")
+    assert preset.params == {"steps": 2, **best.params} and preset.meta["ssim"] == pytest.approx(best.value)
+    assert preset.meta["trials"] == 5
+    assert main(_args(ckpt, tmp_path, 5)) == 0                   # nothing left to do
+    assert len(_trials(tmp_path)) == len(trials)
+    # the preset is accepted by eval
+    assert main(["eval", "--checkpoint", ckpt, "--task", "ct", "--views", "6", "--data", "phantoms", "--solvers",
+                 "fbp,projection", "--preset", str(tmp_path / "best.yaml"), "--num-images", "1",
+                 "--out", str(tmp_path / "ev")]) == 0
+
+
+def test_objective_uses_fixed_seeds(ckpt):
+    from scoreinv.evaluate import load_images
+    from scoreinv.data import build_dataset
+    from scoreinv.score import load_score_model
+    from scoreinv.tasks import build_problem, task_options
+    model, _ = load_score_model(ckpt)
+    x = load_images(build_dataset("phantoms", "val", 16), range(3))
+    prob = build_problem(x, task_options("ct", views=6), torch.Generator().manual_seed(0))
+    cfg = solver_config("projection", "ct", steps=2)
+    a = T.objective_value(model, prob, cfg, "psnr", batch_size=2, seed=0)
+    assert a == T.objective_value(model, prob, cfg, "psnr", batch_size=2, seed=0)   # common random numbers
+    assert a != T.objective_value(model, prob, cfg, "psnr", batch_size=2, seed=1)
+
+
+def test_refusals(ckpt, tmp_path, capsys):
+    assert main(_args(ckpt, tmp_path, 1, "--split", "test")) == 2
+    assert "test images" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1, "--metric", "nmse")) == 2
+    assert "unknown --metric 'nmse'" in capsys.readouterr().err
+    bad = _args(ckpt, tmp_path, 1)
+    bad[bad.index("--solver") + 1] = "tv"
+    assert main(bad) == 2 and "unknown solver 'tv'" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1, "--num-images", "65")) == 2   # phantoms val split: 64 images
+    assert "holds only 64" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1, "--storage", "study.db")) == 2
+    assert "database URL" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1)) == 0
+    other = _args(ckpt, tmp_path, 2)
+    other[other.index("--views") + 1] = "5"
+    assert main(other) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1, "--metric", "ssim_mar")) == 2
+    assert "mar only" in capsys.readouterr().err
