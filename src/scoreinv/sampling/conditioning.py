@@ -3,11 +3,13 @@
 - `Projection`: the paper's Eq. 9 (DESIGN.md §2.3). Draw ŷ_t = α(t) y + β(t) A z, then
       x' = T⁻¹[ λ Λ P⁻¹(Λ) ŷ_t + (1 − λ) Λ T x + (I − Λ) T x ]
   for operators with the A = P(Λ)T decomposition; otherwise
-      x' = argmin ‖A x' − ŷ_t‖² + ((1 − λ)/λ) ‖x' − x‖²  by conjugate gradient (DDS-style).
+      x' = argmin ‖A x' − ŷ_t‖² + ((1 − λ)/λ) ‖A‖² ‖x' − x‖²  by conjugate gradient (DDS-style;
+  the ‖A‖² factor makes λ mean the same for operators of any scale, as in the exact path).
   λ = 1 is a hard projection (A x' = ŷ_t). Measurement noise: λ < 1 blends the measurement
   with the current estimate, which is the noise-aware choice (tuned per noise level).
-- `LikelihoodScore`: s(x, t) + Aᵀ(ŷ − A x) / (r σ(t))²: the Score SDE baseline (ŷ = ŷ_t) and
-  annealed Langevin of Jalal et al. (ŷ = y).
+- `LikelihoodScore`: s(x, t) + Aᵀ(ŷ − A x) / ((r σ(t))² ‖A‖²): the Score SDE baseline (ŷ = ŷ_t) and
+  annealed Langevin of Jalal et al. (ŷ = y). ‖A‖ = 1 for the paper's unitary T (MRI, Fourier-slice
+  CT); dividing by ‖A‖² keeps r meaningful for operators of other scales (spatial Radon, MAR).
 - `DPSScore`: diffusion posterior sampling (Chung et al. 2023): s(x, t) − ζ/(g² ‖y − A D(x)‖) ∇ₓ‖y − A D(x)‖²,
   i.e. the DPS step folded into the score of an ancestral predictor.
 """
@@ -32,6 +34,7 @@ class Projection:
     def __init__(self, op, y, sde, lam: float = 1.0, generator=None, noisy: bool = True, cg_iters: int = 10):
         self.op, self.y, self.sde, self.generator, self.noisy, self.cg_iters = op, y, sde, generator, noisy, cg_iters
         self.lam = check_range("lambda", lam, 0.0, 1.0)
+        self._norm2 = None
 
     def noisy_measurement(self, x, t):
         a, b = self.sde.marginal_coeffs(t)
@@ -50,7 +53,11 @@ class Projection:
             z = op.T(x)
             z = z + lam * (op.embed(y_t) - op.restrict(z))
             return op.T_inv(z)
-        return op.lstsq(y_t, x, reg=(1 - lam) / lam, iters=self.cg_iters)
+        if lam < 1.0 and self._norm2 is None:
+            from ..baselines.common import operator_norm
+            self._norm2 = operator_norm(op, x.device, x.dtype, batch=x.shape[0]) ** 2
+        reg = (1 - lam) / lam * (self._norm2 or 0.0)
+        return op.lstsq(y_t, x, reg=reg, iters=self.cg_iters)
 
     def __call__(self, x, t):
         return self.project(x, self.noisy_measurement(x, t))
@@ -66,6 +73,7 @@ class LikelihoodScore:
     def __init__(self, score_fn, op, y, sde, r: float, generator=None, noisy_y: bool = True):
         self.score_fn, self.op, self.y, self.sde, self.generator, self.noisy_y = score_fn, op, y, sde, generator, noisy_y
         self.r = check_range("r (projection_sigma_rate)", r, 1e-6)
+        self._norm2 = None
 
     def __call__(self, x, t):
         a, b = self.sde.marginal_coeffs(t)
@@ -73,7 +81,10 @@ class LikelihoodScore:
         if self.noisy_y:
             z = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
             y = y + _yb(b, self.y) * self.op.forward(z)
-        grad = self.op.adjoint(y - self.op.forward(x)) / _b((self.r * b) ** 2, x)
+        if self._norm2 is None:
+            from ..baselines.common import operator_norm
+            self._norm2 = operator_norm(self.op, x.device, x.dtype, batch=x.shape[0]) ** 2
+        grad = self.op.adjoint(y - self.op.forward(x)) / _b((self.r * b) ** 2 * self._norm2, x)
         return self.score_fn(x, t) + grad
 
 
