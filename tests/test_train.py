@@ -134,3 +134,18 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     assert read_checkpoint(wd / "checkpoints-meta" / "checkpoint.pt")["step"] == 3
+
+
+def test_export_float16_model_loads_and_scores_like_the_checkpoint(tmp_path):
+    from scoreinv.export import export
+    cfg = C.load_config("ct64", TINY + ["train.max_steps=2", "model.init_scale=1.0"])
+    train(cfg, tmp_path / "run", dataset=RandomImages(), progress=False)
+    path = export(str(tmp_path / "run"), "tiny", dest=str(tmp_path / "models"))
+    m32, _ = load_score_model(str(tmp_path / "run"))
+    m16, cfg16 = load_score_model(str(path))
+    assert cfg16.data.image_size == 16
+    ema = torch.load(path)["ema"]
+    assert all(v.dtype == torch.float16 for k, v in ema.items() if v.is_floating_point() and not k.endswith("embed.W"))
+    x, t = torch.rand(2, 1, 16, 16), torch.tensor([0.2, 0.7])
+    a, b = m32.score(x, t), m16.score(x, t)
+    assert (a - b).norm() / a.norm() < 1e-2
