@@ -2,6 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install demo test test-slow bench clean
 
@@ -9,21 +10,25 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scoreinv demo --out demo_out
+	$(BIN)/scoreinv demo --out demo_out --overwrite
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+test: $(TEST_STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+test-slow: $(TEST_STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/scoreinv bench
 
 clean:

@@ -3,3 +3,12 @@ machine torch's thread pool makes them much slower."""
 import torch
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Work directory of a 16x16 score model trained for one step (deterministic weights)."""
+    from tinymodel import train_tiny
+    return train_tiny(tmp_path_factory.mktemp("tiny"))

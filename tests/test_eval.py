@@ -15,28 +15,12 @@ from scoreinv.sampling.solvers import solver_config
 from scoreinv.train import train
 from scoreinv.tune import Preset
 
-TINY = ["data.image_size=16", "model.nf=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]",
-        "train.batch_size=2", "train.snapshot_every=0", "train.log_every=1", "train.num_threads=1",
-        "train.max_steps=1"]
 
 
-class RandomImages:
-    def __len__(self):
-        return 64
 
-    def sample_batch(self, b, g):
-        return torch.rand(b, 1, 16, 16, generator=g)
-
-    def shard(self, rank, world):
-        return self
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A 16x16 score model trained for one step (random but deterministic weights)."""
-    d = tmp_path_factory.mktemp("tiny")
-    train(C.load_config("ct64", TINY), d, dataset=RandomImages(), progress=False)
-    return str(d)
+@pytest.fixture
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def _ct(ckpt, out, *extra, solvers="fbp,tv,projection", n=2):

@@ -15,29 +15,14 @@ from scoreinv.sampling import solvers
 from scoreinv.score import read_checkpoint
 from scoreinv.train import train
 
-TINY = ["data.image_size=16", "model.nf=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]",
-        "train.batch_size=4", "train.snapshot_every=0", "train.log_every=1", "train.num_threads=1",
-        "train.max_steps=1"]
 SPACING = 0.661468           # CT_small.dcm: 128 x 128 pixels of 0.661468 mm
 F = 128 / 16                 # resize factor to the model's 16 x 16
 
 
-class RandomImages:
-    def __len__(self):
-        return 64
 
-    def sample_batch(self, b, g):
-        return torch.rand(b, 1, 16, 16, generator=g)
-
-    def shard(self, rank, world):
-        return self
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    train(C.load_config("ct64", TINY), d, dataset=RandomImages(), progress=False)
-    return str(d)
+@pytest.fixture
+def model(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,9 @@ from scoreinv import config as C
 from scoreinv.errors import ScoreinvError
 from scoreinv.score import load_score_model, read_checkpoint
 from scoreinv.train import train
+from tinymodel import TINY, RandomImages
 
-TINY = ["data.image_size=16", "model.nf=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]",
-        "train.batch_size=4", "train.snapshot_every=0", "train.log_every=1", "train.num_threads=1"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class RandomImages:
-    def __len__(self):
-        return 64
-
-    def sample_batch(self, b, g):
-        return torch.rand(b, 1, 16, 16, generator=g)
-
-    def shard(self, rank, world):
-        return self
 
 
 def test_same_seed_same_loss_curve(tmp_path):

@@ -74,8 +74,8 @@ def run(batch: int = 8, steps: int = 20, checkpoint: str | None = None) -> dict:
 
 
 def main() -> int:
-    for k, v in run().items():
-        print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+    from . import emit
+    emit(run())
     return 0
 
 

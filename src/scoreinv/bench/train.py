@@ -85,8 +85,8 @@ def run(preset: str = "ct64", batch_size: int | None = None, steps: int = 4, ove
 
 
 def main() -> int:
-    for k, v in run().items():
-        print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+    from . import emit
+    emit(run())
     return 0
 
 

@@ -23,13 +23,9 @@ def register(sub):
     return p
 
 
-def _print(section: str, res: dict) -> None:
-    print(f"# bench {section}")
-    for k, v in res.items():
-        print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
-
-
 def run(args) -> int:
+    from ..bench import emit as _print
+
     parts = [args.part] if args.part else list(PARTS)
     for part in parts:
         if part == "train":
