@@ -180,3 +180,8 @@ def test_dps_moves_samples_to_the_posterior():
     err_dps = (out["mean"][0, 0].double() - mean).norm()
     err_prior = (torch.full_like(mean, model.mu) - mean).norm()
     assert err_dps < 0.3 * err_prior
+
+
+def test_non_integer_step_counts_are_refused():
+    with pytest.raises(ScoreinvError, match="expected an integer"):
+        solver_config("projection", steps=10.5)

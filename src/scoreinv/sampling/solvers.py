@@ -90,6 +90,10 @@ def solver_config(name: str, task: str | None = None, **overrides) -> SolverConf
 
 def validate(c: SolverConfig) -> None:
     check_choice("solver", c.name, SOLVERS)
+    for name in ("steps", "corrector_steps", "cg_iters"):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ScoreinvError(f"solver.{name} = {v!r}: expected an integer")
     check_range("solver.steps", c.steps, 1)
     check_range("solver.snr", c.snr, 0.0)
     check_range("solver.lam (λ)", c.lam, 0.0, 1.0)
