@@ -42,7 +42,7 @@ def run_part(part: str, out: Path, n: int, checkpoints: dict) -> str:
     from scoreinv.score import load_score_model
     from scoreinv.tasks import task_options
 
-    lines = [f"| setting | method | PSNR (dB) | SSIM | s/image | NFE |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | method | PSNR (dB) | SSIM | s/image | NFE |", "|---|---|---|---|---|---|"]
     models = {}
     for opts, data, model_name, classical in settings(part):
         spec = checkpoints.get(model_name, model_name)

@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from scoreinv import config as C
 from scoreinv import evaluate as E
 from scoreinv.cli import main
 from scoreinv.errors import ScoreinvError
 from scoreinv.metrics import psnr, ssim
 from scoreinv.sampling.solvers import solver_config
-from scoreinv.train import train
 from scoreinv.tune import Preset
 
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from scoreinv import config as C
 from scoreinv import writers
 from scoreinv.cli import main
 from scoreinv.errors import ScoreinvError
@@ -13,7 +12,6 @@ from scoreinv.physics.measurements import load_measurements
 from scoreinv.reconstruct import plan
 from scoreinv.sampling import solvers
 from scoreinv.score import read_checkpoint
-from scoreinv.train import train
 
 SPACING = 0.661468           # CT_small.dcm: 128 x 128 pixels of 0.661468 mm
 F = 128 / 16                 # resize factor to the model's 16 x 16

@@ -142,7 +142,7 @@ def test_ct_pads_non_square_input(tmp_path):
 
 
 def test_project_fine_chunks_agree_and_upsample_one_is_exact():
-    from scoreinv.commands.simulate import project_fine
+    from scoreinv.tasks import project_fine
     from scoreinv.physics.geometry import ParallelGeometry, dense_angles
     g = ParallelGeometry(12, dense_angles(9), pixel_size=1.5)
     x = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0))

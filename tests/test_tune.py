@@ -4,12 +4,10 @@ import pytest
 import torch
 import yaml
 
-from scoreinv import config as C
 from scoreinv import tune as T
 from scoreinv.cli import main
 from scoreinv.errors import ScoreinvError
 from scoreinv.sampling.solvers import solver_config
-from scoreinv.train import train
 
 
 

@@ -15,7 +15,6 @@ nccl on GPU); each rank draws from its own data shard; rank 0 writes.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path

@@ -294,7 +294,6 @@ def _rescale(v: np.ndarray, hu: bool) -> tuple[float, float]:
 
 def _write_dicom(path, vol: np.ndarray, meta: OutputMeta, kind: str) -> str:
     """One file for one slice; otherwise a folder `name/` with IM_0001.dcm ... (one series)."""
-    import pydicom  # noqa: F401  (imported for a clear ImportError)
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 

@@ -15,7 +15,6 @@ import torch
 
 from .. import tasks
 from ..errors import ScoreinvError, check_finite, check_range
-from ..tasks import project_fine  # noqa: F401  (re-exported: simulation lives in scoreinv.tasks)
 
 HELP = """Simulate measurements from images.
 
