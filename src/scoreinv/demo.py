@@ -4,7 +4,7 @@ built-in held-out data and a real CT slice, from the shipped models, in minutes 
 Cases (each an `evaluate` run, so the numbers are exactly what `scoreinv eval` prints):
 - sparse-view CT, 10 views, held-out textured phantoms (model `ct64`): FBP, TV, score solver;
 - the same on pydicom's real CT test slice (CT_small.dcm, resized to 64x64, HU window);
-- MRI 8x (equispaced columns), held-out brain slices (model `mri64`): zero-filled, CS-TV, score;
+- MRI 8x (fastMRI-style random columns, 8% centre), held-out brain slices (model `mri64`): zero-filled, CS-TV, score;
 - MAR on simulated titanium implants in held-out phantoms (model `ct64`): LI, score solver.
 TV/CS weights are chosen on validation images (never test images), cached per case.
 """
@@ -39,7 +39,7 @@ def cases(n: int) -> list[Case]:
         Case("ct_phantoms", "CT, 10 views, held-out phantoms", "ct", "ct64", "phantoms", {"views": 10}, ("fbp", "tv"), n),
         Case("ct_dicom", "CT, 10 views, real slice (pydicom CT_small)", "ct", "ct64", "dicom", {"views": 10},
              ("fbp", "tv"), 1),
-        Case("mri_brain", "MRI 8x, held-out brain slices", "mri", "mri64", "brain", {"acceleration": 8.0},
+        Case("mri_brain", "MRI 8x, held-out brain slices", "mri", "mri64", "brain", {"acceleration": 8.0, "mask": "random"},
              ("zero_filled", "cs_tv"), n),
         Case("mar_phantoms", "MAR, titanium implants, held-out phantoms", "mar", "ct64", "phantoms", {}, ("li",),
              max(1, n // 2)),
