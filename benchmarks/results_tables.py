@@ -90,9 +90,37 @@ def run_nfe(out: Path, n: int, checkpoints: dict) -> str:
     return "\n".join(lines)
 
 
+def collect(out: Path) -> str:
+    """Markdown tables from every finished setting's summary.json under OUT (finished parts and
+    partial ones alike), one table per part."""
+    blocks = []
+    for part in ("ct", "ellipses", "mri", "mar"):
+        rows = []
+        for f in sorted((out / part).glob("*/summary.json")):
+            for r in json.loads(f.read_text()):
+                rows.append(f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
+                            f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} | "
+                            f"{r['n_images']} |")
+        if rows:
+            blocks.append(f"### {part}\n\n| setting | method | PSNR (dB) | SSIM | s/image | NFE | images |\n"
+                          "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    rows = []
+    for f in sorted((out / "nfe").glob("*/*/summary.json")):
+        r = json.loads(f.read_text())[0]
+        rows.append((r["setting"], r["solver"], r["nfe"], f"| {r['setting']} | {r['solver']} | {r['nfe']} | "
+                     f"{r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | {r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | "
+                     f"{r['sec_per_image']:.2f} | {r['n_images']} |"))
+    if rows:
+        rows.sort()
+        blocks.append("### PSNR against NFE\n\n| setting | solver | NFE | PSNR (dB) | SSIM | s/image | images |\n"
+                      "|---|---|---|---|---|---|---|\n" + "\n".join(r[-1] for r in rows))
+    return "\n\n".join(blocks)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["ct", "ellipses", "mri", "mar", "nfe"], required=True)
+    p.add_argument("--part", choices=["ct", "ellipses", "mri", "mar", "nfe"])
+    p.add_argument("--collect", action="store_true", help="print the tables of every finished setting under OUT")
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--nfe-images", type=int, default=8, help="images for the NFE study (2000-NFE runs)")
     p.add_argument("--out", default="runs/tables")
@@ -100,6 +128,11 @@ def main() -> int:
     p.add_argument("--mri-checkpoint", default="mri64")
     a = p.parse_args()
     out = Path(a.out)
+    if a.collect:
+        print(collect(out))
+        return 0
+    if a.part is None:
+        p.error("--part or --collect is required")
     ck = {"ct64": a.ct_checkpoint, "mri64": a.mri_checkpoint}
     table = run_nfe(out, a.nfe_images, ck) if a.part == "nfe" else run_part(a.part, out, a.num_images, ck)
     from scoreinv.atomic import write_text
