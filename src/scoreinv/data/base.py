@@ -13,6 +13,8 @@ SeedSequence, so that ranks given identically seeded generators still see disjoi
 """
 from __future__ import annotations
 
+import abc
+
 import contextlib
 import zlib
 
@@ -98,22 +100,24 @@ def check_shard(rank, world_size) -> tuple[int, int]:
     return int(rank), int(world_size)
 
 
-class SliceDataset:
+class SliceDataset(abc.ABC):
     """Base class: a split of 2-D slices of size S x S in [0, 1]."""
 
     name: str = "dataset"
     split: str = "train"
     image_size: int = 64
 
+    @abc.abstractmethod
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """A random batch (B, 1, S, S) float32 in [0, 1], on `generator.device`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of fixed images in this split."""
 
+    @abc.abstractmethod
     def _item(self, i: int) -> torch.Tensor:
-        raise NotImplementedError
+        """Image i (0 <= i < len) as (1, S, S)."""
 
     def __getitem__(self, i) -> torch.Tensor:
         """Image i as (1, S, S) float32 in [0, 1] (deterministic)."""
@@ -128,11 +132,13 @@ class SliceDataset:
         for i in range(len(self)):
             yield self[i]
 
+    @abc.abstractmethod
     def shard(self, rank: int, world_size: int) -> "SliceDataset":
-        raise NotImplementedError
+        """This rank's disjoint share of the data."""
 
+    @abc.abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        """What `scoreinv data inspect` prints."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, " \

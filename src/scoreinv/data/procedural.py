@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from ..errors import ScoreinvError
@@ -40,9 +42,9 @@ class ProceduralDataset(SliceDataset):
         self._fixed_cache: torch.Tensor | None = None
 
     # -- to implement ---------------------------------------------------------------------
+    @abc.abstractmethod
     def generate(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """(batch, 1, S, S) float32 in [0, 1] on generator.device."""
-        raise NotImplementedError
 
     def options(self) -> dict:
         return {}
