@@ -115,18 +115,27 @@ def operator_norm(op: LinearOperator, device=None, dtype: torch.dtype = torch.fl
     batch of `batch` images, and the largest per-sample norm is returned.
     """
     check_operator(op)
-    try:
-        return _NORMS[op]
-    except (KeyError, TypeError):
-        pass
+    cached = _cache_get(op)
+    if cached is not None:
+        return cached
     try:
         norm = _power_iteration(op, 1, device, dtype, iters, tol)
     except ScoreinvError:
         if batch == 1:
             raise
         norm = _power_iteration(op, batch, device, dtype, iters, tol)
-    try:
-        _NORMS[op] = norm
-    except TypeError:
-        pass
+    _cache_put(op, norm)
     return norm
+
+
+def _cache_get(op):
+    """The cached norm of `op`, or None (also for an unhashable operator, which is never cached)."""
+    try:
+        return _NORMS.get(op)
+    except TypeError:
+        return None
+
+
+def _cache_put(op, norm: float) -> None:
+    if getattr(type(op), "__hash__", None) is not None:
+        _NORMS[op] = norm

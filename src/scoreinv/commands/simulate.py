@@ -262,8 +262,12 @@ def _naive(meas, op, y: torch.Tensor) -> tuple[str, torch.Tensor]:
     if hasattr(op, "fbp"):
         try:
             return "FBP", op.fbp(y)[0, 0]
-        except ScoreinvError:  # e.g. fan-beam angles FBP cannot weight
-            pass
+        except ScoreinvError:  # e.g. fan-beam angles FBP cannot weight: least squares below
+            return _least_squares(op, y)
+    return _least_squares(op, y)
+
+
+def _least_squares(op, y: torch.Tensor) -> tuple[str, torch.Tensor]:
     x0 = torch.zeros(1, 1, *op.image_shape, dtype=y.dtype)
     return "least squares (CG, 30 it.)", op.lstsq(y, x0, iters=30)[0, 0]
 

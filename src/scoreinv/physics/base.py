@@ -59,7 +59,13 @@ class LinearOperator(abc.ABC):
         return self
 
     def check_image(self, x: torch.Tensor, name: str = "image") -> torch.Tensor:
-        return check_images(name, x, size=self.image_shape, channels=1)
+        """Raise unless x is a finite (B, 1, H, W) batch of this operator's size, real unless
+        the operator was built for complex images."""
+        x = check_images(name, x, size=self.image_shape, channels=1)
+        if x.is_complex() and not self.complex_image:
+            raise ScoreinvError(f"{name}: complex image given to a real-image {self.name}; "
+                                "expected a real tensor (or build the operator with complex_image=True)")
+        return x
 
     def check_measurement(self, y: torch.Tensor, name: str = "measurement") -> torch.Tensor:
         """Raise unless y has shape (B, *meas_shape) and is finite."""

@@ -90,13 +90,6 @@ class CartesianMRI(LinearOperator):
     def _mask(self, ref: torch.Tensor) -> torch.Tensor:
         return self.mask.to(ref.device)
 
-    def check_image(self, x: torch.Tensor, name: str = "image") -> torch.Tensor:
-        x = super().check_image(x, name)
-        if x.is_complex() and not self.complex_image:
-            raise ScoreinvError(f"{name}: complex image given to a real-image {self.name}; "
-                                "expected a real tensor (or build the operator with complex_image=True)")
-        return x
-
     def _out(self, z: torch.Tensor) -> torch.Tensor:
         return (z if self.complex_image else z.real).unsqueeze(1)
 

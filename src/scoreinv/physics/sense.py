@@ -61,13 +61,6 @@ class SenseMRI(LinearOperator):
         h, w = self.image_shape
         self.name = f"SenseMRI({self.maps.shape[0]} coils, {h}x{w}, {self.mask.numel() / float(self.mask.sum()):.2f}x)"
 
-    def check_image(self, x: torch.Tensor, name: str = "image") -> torch.Tensor:
-        x = super().check_image(x, name)
-        if x.is_complex() and not self.complex_image:
-            raise ScoreinvError(f"{name}: complex image given to a real-image {self.name}; "
-                                "expected a real tensor (or build the operator with complex_image=True)")
-        return x
-
     def _maps(self, ref: torch.Tensor) -> torch.Tensor:
         dt = torch.complex128 if ref.dtype in (torch.float64, torch.complex128) else torch.complex64
         return self.maps.to(device=ref.device, dtype=dt)

@@ -28,21 +28,28 @@ def _yb(v, y):
     return v.reshape(-1, *([1] * (y.ndim - 1))).to(y.real.dtype if y.is_complex() else y.dtype)
 
 
+def noisy_measurement(op, y, sde, x, t, generator=None, noisy: bool = True):
+    """ŷ_t = α(t) y + β(t) A z, z ~ N(0, I) image-shaped and fresh per call (Eq. 9); α(t) y if not noisy."""
+    a, b = sde.marginal_coeffs(t)
+    y_t = _yb(a, y) * y
+    if noisy:
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        y_t = y_t + _yb(b, y) * op.forward(z)
+    return y_t
+
+
+def norm2(op, x) -> float:
+    """‖A‖² by power iteration, cached per operator (estimated on x's device, dtype and batch)."""
+    from ..baselines.common import operator_norm
+    return operator_norm(op, x.device, x.dtype, batch=x.shape[0]) ** 2
+
+
 class Projection:
     """Hook x -> x' (B, 1, H, W): projection onto {A x = ŷ_t} blended by λ."""
 
     def __init__(self, op, y, sde, lam: float = 1.0, generator=None, noisy: bool = True, cg_iters: int = 10):
         self.op, self.y, self.sde, self.generator, self.noisy, self.cg_iters = op, y, sde, generator, noisy, cg_iters
         self.lam = check_range("lambda", lam, 0.0, 1.0)
-        self._norm2 = None
-
-    def noisy_measurement(self, x, t):
-        a, b = self.sde.marginal_coeffs(t)
-        y_t = _yb(a, self.y) * self.y
-        if self.noisy:
-            z = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-            y_t = y_t + _yb(b, self.y) * self.op.forward(z)
-        return y_t
 
     def project(self, x, y_t, lam=None):
         lam = self.lam if lam is None else lam
@@ -53,14 +60,11 @@ class Projection:
             z = op.T(x)
             z = z + lam * (op.embed(y_t) - op.restrict(z))
             return op.T_inv(z)
-        if lam < 1.0 and self._norm2 is None:
-            from ..baselines.common import operator_norm
-            self._norm2 = operator_norm(op, x.device, x.dtype, batch=x.shape[0]) ** 2
-        reg = (1 - lam) / lam * (self._norm2 or 0.0)
+        reg = (1 - lam) / lam * norm2(op, x) if lam < 1.0 else 0.0
         return op.lstsq(y_t, x, reg=reg, iters=self.cg_iters)
 
     def __call__(self, x, t):
-        return self.project(x, self.noisy_measurement(x, t))
+        return self.project(x, noisy_measurement(self.op, self.y, self.sde, x, t, self.generator, self.noisy))
 
     def hard(self, x, t=None):
         """Final λ = 1 projection with the noise-free y."""
@@ -73,18 +77,11 @@ class LikelihoodScore:
     def __init__(self, score_fn, op, y, sde, r: float, generator=None, noisy_y: bool = True):
         self.score_fn, self.op, self.y, self.sde, self.generator, self.noisy_y = score_fn, op, y, sde, generator, noisy_y
         self.r = check_range("r (projection_sigma_rate)", r, 1e-6)
-        self._norm2 = None
 
     def __call__(self, x, t):
-        a, b = self.sde.marginal_coeffs(t)
-        y = _yb(a, self.y) * self.y
-        if self.noisy_y:
-            z = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-            y = y + _yb(b, self.y) * self.op.forward(z)
-        if self._norm2 is None:
-            from ..baselines.common import operator_norm
-            self._norm2 = operator_norm(self.op, x.device, x.dtype, batch=x.shape[0]) ** 2
-        grad = self.op.adjoint(y - self.op.forward(x)) / _b((self.r * b) ** 2 * self._norm2, x)
+        y = noisy_measurement(self.op, self.y, self.sde, x, t, self.generator, self.noisy_y)
+        _, b = self.sde.marginal_coeffs(t)
+        grad = self.op.adjoint(y - self.op.forward(x)) / _b((self.r * b) ** 2 * norm2(self.op, x), x)
         return self.score_fn(x, t) + grad
 
 
