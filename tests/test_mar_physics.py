@@ -111,3 +111,16 @@ def test_segment_metal():
     seg = segment_metal(img)
     assert int(seg.sum()) == 9 and bool(seg[0, 0, 7:10, 7:10].all())
     assert int(segment_metal(img, smear=1).sum()) == 1
+
+
+def test_mar_operator_to_moves_the_wrapped_ct_operator_too():
+    from scoreinv.physics.mar import MarOperator, mar_ct
+    ct = mar_ct(16)
+    op = MarOperator(ct, torch.ones(ct.meas_shape, dtype=torch.bool))
+    moved = []
+    ct_to = ct.to
+    ct.to = lambda device: (moved.append(device), ct_to(device))[1]
+    assert op.to("cpu") is op
+    assert moved == ["cpu"]                      # the inner CT went along, not only the mask
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(op.forward(x), ct.forward(x))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoreinv import writers
+from scoreinv import source_record, writers
 from scoreinv.cli import main
 from scoreinv.errors import ScoreinvError
 from scoreinv.physics.measurements import load_measurements
@@ -271,7 +271,7 @@ def test_writers_formats_and_folders(tmp_path):
     with pytest.raises(ScoreinvError, match="not an earlier DICOM output"):
         writers.check_output(tmp_path / "keep.dcm", 3)
     with pytest.raises(ScoreinvError, match="not an earlier DICOM output"):
-        writers.write_volume(tmp_path / "keep.dcm", np.zeros((2, 4, 4)), writers.OutputMeta())
+        writers.write_volume(tmp_path / "keep.dcm", np.zeros((2, 4, 4)), source_record.OutputMeta())
     assert (tmp_path / "keep" / "notes.txt").exists()
     with pytest.raises(ScoreinvError, match="finite"):
         writers.write_volume(tmp_path / "n.npy", np.full((4, 4), np.nan))
@@ -279,7 +279,7 @@ def test_writers_formats_and_folders(tmp_path):
     import pydicom
     from pydicom.pixels import apply_rescale
     x = np.random.default_rng(0).random((1, 8, 8)).astype(np.float32)
-    meta = writers.meta_from_source(None, "mri", 1, pixel_size=0.5)
+    meta = source_record.meta_from_source(None, "mri", 1, pixel_size=0.5)
     writers.write_volume(tmp_path / "m.dcm", x, meta)
     d = pydicom.dcmread(tmp_path / "m.dcm")
     assert d.Modality == "MR" and [float(v) for v in d.PixelSpacing] == [0.5, 0.5]
@@ -293,7 +293,7 @@ def test_source_record_follows_padding_and_resize():
     ds.ImagePositionPatient, ds.ImageOrientationPatient = [10.0, 20.0, 30.0], [0, 1, 0, 0, 0, -1]
     ds.PixelSpacing, ds.SliceThickness, ds.PatientID = [0.5, 0.25], 2.0, "p1"
     arr = np.random.default_rng(1).random((1, 10, 16)) * 1000
-    src = writers.describe_source("x.dcm", arr, True, "auto", 8, True, [ds])
+    src = source_record.describe_source("x.dcm", arr, True, "auto", 8, True, [ds])
     assert src["units"] == "HU" and src["intensity"] == {"mode": "hu", "offset": -1024.0, "scale": 4224.0}
     e_row, e_col = np.array([0, 1, 0.0]), np.array([0, 0, -1.0])
     centre_in = np.array([10.0, 20, 30]) + 7.5 * 0.25 * e_row + 4.5 * 0.5 * e_col
@@ -312,3 +312,36 @@ def test_files_without_source_record_still_work(model, mri_meas, tmp_path):
     assert load_measurements(tmp_path / "old.npz").source is None
     assert load_measurements(mri_meas).source["dicom"]["PatientID"] == "4MR1"
     assert recon(model, tmp_path / "old.npz", tmp_path / "o.nii.gz", "--solver", "dds") == 0
+
+
+def test_nifti_input_affine_is_carried_to_nifti_output(model, tmp_path):
+    """A reconstruction of a NIfTI volume overlays it: the output affine is the input's (16 x 16
+    slices, no resize), for an oblique, anisotropic affine with an sform code of 1 (scanner)."""
+    import nibabel as nib
+    rng = np.random.default_rng(0)
+    c, s = np.cos(0.3), np.sin(0.3)
+    a = np.array([[0.7 * c, -0.8 * s, 0.0, -40.0], [0.7 * s, 0.8 * c, 0.0, 25.0], [0.0, 0.0, 2.5, -12.0],
+                  [0, 0, 0, 1]])
+    img = nib.Nifti1Image((rng.random((16, 16, 3)) * 100).astype(np.float32), a)
+    img.set_sform(a, code=1)
+    nib.save(img, tmp_path / "in.nii.gz")
+    meas = tmp_path / "m.npz"
+    assert main(["simulate", "--task", "mri", "--acceleration", "2", "--input", str(tmp_path / "in.nii.gz"),
+                 "--out", str(meas)]) == 0
+    assert recon(model, meas, tmp_path / "out.nii.gz", "--solver", "dds") == 0
+    out = nib.load(tmp_path / "out.nii.gz")
+    assert out.shape == (16, 16, 3)
+    np.testing.assert_allclose(out.affine, a, atol=1e-5)
+    assert int(out.get_sform(coded=True)[1]) == 1
+    # a 32 x 32 volume resized to 16: the voxels double in plane and the volume's centre stays put
+    big = nib.Nifti1Image((rng.random((32, 32, 2)) * 100).astype(np.float32), a)
+    nib.save(big, tmp_path / "big.nii.gz")
+    assert main(["simulate", "--task", "mri", "--acceleration", "2", "--size", "16", "--input",
+                 str(tmp_path / "big.nii.gz"), "--out", str(tmp_path / "m2.npz")]) == 0
+    src = load_measurements(tmp_path / "m2.npz").source
+    assert src["format"] == "nifti" and "geometry" in src and "dicom" not in src
+    assert recon(model, tmp_path / "m2.npz", tmp_path / "out2.nii.gz", "--solver", "dds") == 0
+    out2 = nib.load(tmp_path / "out2.nii.gz").affine
+    for k in range(2):
+        np.testing.assert_allclose(out2 @ [7.5, 7.5, k, 1], a @ [15.5, 15.5, k, 1], atol=1e-4)
+    np.testing.assert_allclose(out2[:3, :2], 2 * a[:3, :2], atol=1e-6)

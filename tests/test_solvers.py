@@ -185,3 +185,25 @@ def test_dps_moves_samples_to_the_posterior():
 def test_non_integer_step_counts_are_refused():
     with pytest.raises(ScoreinvError, match="expected an integer"):
         solver_config("projection", steps=10.5)
+
+
+def test_a_chain_that_blows_up_stops_with_diverged_naming_the_level():
+    from scoreinv.errors import Diverged
+    sde = VESDE(0.01, 5.0)
+    model = GaussianPrior(sde)
+    calls = {"n": 0}
+    good = model.score
+
+    def bad_score(x, t):      # finite for 7 evaluations, then the network "overflows"
+        calls["n"] += 1
+        s = good(x, t)
+        return s * float("inf") if calls["n"] > 7 else s
+
+    model.score = bad_score
+    op = make_ops()["mri"]
+    y = op.forward(GaussianPrior(sde).sample(2, torch.Generator().manual_seed(0)).float())
+    with pytest.raises(Diverged, match="NaN/Inf at noise level 4 of 10"):
+        solve(model, op, y, solver_config("projection", steps=10, lam=1.0))
+    calls["n"] = 0
+    with pytest.raises(Diverged, match="noise level 4 of 10"):      # corrector only: 2 evaluations per level
+        solve(model, op, y, solver_config("langevin", steps=10, corrector_steps=2, r=0.5))

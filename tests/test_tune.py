@@ -6,7 +6,7 @@ import yaml
 
 from scoreinv import tune as T
 from scoreinv.cli import main
-from scoreinv.errors import ScoreinvError
+from scoreinv.errors import Diverged, ScoreinvError
 from scoreinv.sampling.solvers import solver_config
 
 
@@ -39,6 +39,21 @@ def test_search_space_bounds():
     assert T.search_space("projection", "mar", solver_config("projection", "mar")) == {"lam": (0.0, 1.0, False)}
     assert T.search_space("dds", "ct", solver_config("dds", "ct")) == {"lam": (0.0, 1.0, False),
                                                                       "eta": (0.0, 1.0, False)}
+
+
+def test_search_space_bound_overrides():
+    base = solver_config("langevin", "ct")
+    assert T.search_space("langevin", "ct", base, {"snr": (0.0, 1.0)}) == {"snr": (0.0, 1.0, False),
+                                                                         "r": (0.1, 20.0, True)}
+    assert T.search_space("langevin", "ct", base, {"r": ("0.5", "2")})["r"] == (0.5, 2.0, True)
+    with pytest.raises(ScoreinvError, match="searches \\['r', 'snr'\\], not 'lam'"):
+        T.search_space("langevin", "ct", base, {"lam": (0, 1)})
+    with pytest.raises(ScoreinvError, match="LOW < HIGH"):
+        T.search_space("langevin", "ct", base, {"snr": (0.5, 0.1)})
+    with pytest.raises(ScoreinvError, match="log scale"):
+        T.search_space("langevin", "ct", base, {"r": (0.0, 2.0)})
+    with pytest.raises(ScoreinvError, match="λ"):       # λ above 1 is not a valid solver parameter
+        T.search_space("projection", "ct", solver_config("projection", "ct"), {"lam": (0.5, 1.5)})
 
 
 def test_preset_roundtrip_and_errors(tmp_path):
@@ -103,6 +118,33 @@ def test_interrupted_study_resumes_with_its_trials(ckpt, tmp_path, monkeypatch):
                  "--out", str(tmp_path / "ev")]) == 0
 
 
+def test_diverged_trials_are_scored_not_failed(ckpt, tmp_path, monkeypatch, capsys):
+    """A diverging sampler completes its trial with the floor score (a failed trial would be
+    invisible to the GP, which then proposes the same point forever); its parameters never
+    become the preset."""
+    real = T.objective_value
+
+    def flaky(model, problem, cfg, *a, **k):
+        if cfg.snr > 0.2:
+            raise Diverged("sampler diverged: NaN/Inf at noise level 2 of 2")
+        return real(model, problem, cfg, *a, **k)
+
+    monkeypatch.setattr(T, "objective_value", flaky)
+    assert main(_args(ckpt, tmp_path, 6, "--startup-trials", "3")) == 0
+    trials = _trials(tmp_path)
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    bad = [t for t in trials if t.params["snr"] > 0.2]
+    assert bad and all(t.value == T.diverged_score("ssim") == -1.0 and "diverged" in t.user_attrs for t in bad)
+    assert "diverged at snr=" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["params"]["snr"] <= 0.2
+    # a study in which every trial diverges recommends nothing
+    monkeypatch.setattr(T, "objective_value", lambda *a, **k: (_ for _ in ()).throw(Diverged("NaN")))
+    other = _args(ckpt, tmp_path, 2, "--study-name", "all-bad", "--out", str(tmp_path / "none.yaml"))
+    assert main(other) == 2
+    assert "no trial gave a finite reconstruction" in capsys.readouterr().err
+    assert not (tmp_path / "none.yaml").exists()
+
+
 def test_objective_uses_fixed_seeds(ckpt):
     from scoreinv.evaluate import load_images
     from scoreinv.data import build_dataset
@@ -136,3 +178,7 @@ def test_refusals(ckpt, tmp_path, capsys):
     assert "another configuration" in capsys.readouterr().err
     assert main(_args(ckpt, tmp_path, 1, "--metric", "ssim_mar")) == 2
     assert "mar only" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1, "--bound", "snr=0.5")) == 2
+    assert "PARAM=LOW,HIGH" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1, "--bound", "eta=0,1")) == 2
+    assert "not 'eta'" in capsys.readouterr().err

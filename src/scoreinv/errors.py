@@ -14,6 +14,11 @@ class ScoreinvError(ValueError):
     """A user-facing error: bad input, bad file, bad configuration."""
 
 
+class Diverged(ScoreinvError):
+    """A computation whose result is not finite or not defined (e.g. a sampler whose step sizes
+    are too large for its noise schedule); a tuning trial that raises it fails, the study goes on."""
+
+
 def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
     """Raise if `t` holds NaN or Inf; return `t` unchanged."""
     if not torch.is_tensor(t):

@@ -30,6 +30,7 @@ from . import writers
 from .errors import ScoreinvError, check_choice, check_range
 from .physics.measurements import PER_SLICE_ARRAYS, Measurements, load_measurements
 from .sampling import solvers
+from .source_record import meta_from_source
 
 PARAM_ALIASES = {"lambda": "lam", "λ": "lam"}
 
@@ -260,7 +261,7 @@ def write(p: Plan, r: Result) -> list[str]:
     """Write the mean (and the std map beside it) in the output's format; returns what was written."""
     g = p.meas.spec.get("geometry") or {}
     desc = f"scoreinv {p.cfg.name}" + (f", mean of {p.samples}" if p.samples > 1 else "")
-    meta = writers.meta_from_source(p.source, p.meas.task, len(p.meas), p.slices,
+    meta = meta_from_source(p.source, p.meas.task, len(p.meas), p.slices,
                                     pixel_size=g.get("pixel_size"), description=desc)
     files = writers.write_volume(p.out, r.mean[:, 0].numpy(), meta, kind="image")
     if r.std is not None:

@@ -8,7 +8,9 @@ expected improvement; the first `startup_trials` points are uniform random):
 with snr ∈ [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI. snr is not searched when the solver
 runs no corrector (the MAR projection preset is predictor-only). The objective is the mean of a
 metric (SSIM by default) over validation images, with the same random seeds in every trial
-(common random numbers, so trials differ only by their parameters).
+(common random numbers, so trials differ only by their parameters). A trial whose sampler
+diverges (NaN/Inf: steps too large) is completed with the metric's worst value rather than
+failed, so the Gaussian process learns to stay away from it.
 
 Persistence and parallelism: the study lives in an optuna storage (`sqlite:///study.db`, or
 PostgreSQL `postgresql+psycopg2://user:password@host:5432/dbname` to tune across machines,
@@ -32,7 +34,7 @@ import torch
 
 from . import atomic
 from .data.base import derive_seed
-from .errors import ScoreinvError, check_choice, check_range
+from .errors import Diverged, ScoreinvError, check_choice, check_range
 from .metrics import LOWER_IS_BETTER, METRICS, NEEDS_METAL_MASK, get_metric
 from .sampling.solvers import SOLVERS, SolverConfig, solve, solver_config
 from .tasks import TASKS, Problem
@@ -40,10 +42,10 @@ from .tasks import TASKS, Problem
 PRESET_VERSION = 1
 SNR_BOUNDS = {"ct": (0.0, 0.4), "mar": (0.0, 0.4), "mri": (0.2, 0.8)}
 HEARTBEAT_S, GRACE_S = 60, 120
-
-
-class Diverged(ScoreinvError):
-    """A trial whose reconstruction is not finite (a failed trial, the study goes on)."""
+def diverged_score(metric: str) -> float:
+    """The objective of a trial whose sampler diverged: the metric's lowest possible value (SSIM −1;
+    PSNR 0 dB, as images are clipped to [0, 1] so the MSE is at most 1)."""
+    return -1.0 if metric.startswith("ssim") else 0.0
 
 
 @dataclass
@@ -56,8 +58,30 @@ class Preset:
     source: str = ""
 
 
-def search_space(solver: str, task: str, base: SolverConfig) -> dict[str, tuple[float, float, bool]]:
-    """{parameter: (low, high, log scale)} searched for `solver` on `task` (module docstring)."""
+def search_space(solver: str, task: str, base: SolverConfig,
+                 bounds: dict | None = None) -> dict[str, tuple[float, float, bool]]:
+    """{parameter: (low, high, log scale)} searched for `solver` on `task` (module docstring);
+    `bounds` {parameter: (low, high)} replaces the default range of a searched parameter."""
+    space = _default_space(solver, task, base)
+    for k, v in (bounds or {}).items():
+        if k not in space:
+            raise ScoreinvError(f"bound for {k!r}: {solver} on {task} searches {sorted(space)}, not {k!r}")
+        try:
+            lo, hi = (float(b) for b in v)
+        except (TypeError, ValueError):
+            raise ScoreinvError(f"bound for {k!r}: expected two numbers LOW,HIGH, got {v!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ScoreinvError(f"bound for {k!r}: expected finite LOW < HIGH, got {lo:g}, {hi:g}")
+        log = space[k][2]
+        if log and lo <= 0:
+            raise ScoreinvError(f"bound for {k!r}: searched on a log scale, so LOW must be > 0 (got {lo:g})")
+        for b in (lo, hi):      # both ends must be valid solver parameters
+            solver_config(solver, task, **{k: b})
+        space[k] = (lo, hi, log)
+    return space
+
+
+def _default_space(solver: str, task: str, base: SolverConfig) -> dict[str, tuple[float, float, bool]]:
     check_choice("solver", solver, SOLVERS)
     check_choice("task", task, TASKS)
     snr = {"snr": (*SNR_BOUNDS[task], False)}
@@ -159,13 +183,15 @@ def objective_value(model, problem: Problem, cfg: SolverConfig, metric: str, bat
 
 def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, study_name: str, config: dict,
          metric: str = "ssim", base: dict | None = None, seed: int = 0, worker: int = 0,
-         batch_size: int = 8, device="cpu", startup_trials: int = 10, out: str | None = None, log=print) -> dict:
+         batch_size: int = 8, device="cpu", startup_trials: int = 10, out: str | None = None,
+         bounds: dict | None = None, log=print) -> dict:
     """Run (or resume) the study until it holds `trials` completed trials; write the preset to `out`.
 
     problem: the validation problem (tasks.build_problem of validation images); base: fixed
     solver overrides (e.g. steps); config: what identifies the study (data, options, model,
     metric...), stored in the study and compared on resume; seed: of the solvers (part of the
-    objective); worker: enters only the sampler's seed (give parallel workers different ones).
+    objective); worker: enters only the sampler's seed (give parallel workers different ones);
+    bounds: {parameter: (low, high)} replacing default search ranges (search_space).
     Returns {best_value, best_params, n_complete, preset}.
     """
     import optuna
@@ -180,7 +206,7 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
     check_range("--startup-trials", startup_trials, 1)
     base = dict(base or {})
     base_cfg = solver_config(solver, task, **base)
-    space = search_space(solver, task, base_cfg)
+    space = search_space(solver, task, base_cfg, bounds)
     config = {**config, "solver": solver, "task": task, "metric": metric, "base": base,
               "space": {k: list(v) for k, v in space.items()}}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,12 +229,20 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
     def objective(trial):
         params = {k: trial.suggest_float(k, lo, hi, log=lg) for k, (lo, hi, lg) in space.items()}
         cfg = solver_config(solver, task, **{**base, **params})
-        return objective_value(model, problem, cfg, metric, batch_size, seed, device)
+        try:
+            return objective_value(model, problem, cfg, metric, batch_size, seed, device)
+        except Diverged as e:
+            # scored, not failed: the Gaussian process ignores failed trials and would propose the
+            # same diverging point again and again
+            trial.set_user_attr("diverged", str(e)[:300])
+            return diverged_score(metric)
 
     def write_best(study):
         try:
             best = study.best_trial
         except ValueError:        # no completed trial yet
+            return None
+        if "diverged" in best.user_attrs:    # every trial so far diverged: nothing to recommend
             return None
         if out:
             n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -220,21 +254,24 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
 
     def after_trial(study, trial):
         best = write_best(study)
-        if trial.state == TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE and "diverged" in trial.user_attrs:
+            log(f"trial {trial.number}: diverged at {_fmt(trial.params)}, scored {metric} = {diverged_score(metric):g}")
+        elif trial.state == TrialState.COMPLETE:
             n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             log(f"trial {trial.number}: {metric} {trial.value:.4f} at {_fmt(trial.params)}; best {best.value:.4f} "
                 f"at {_fmt(best.params)} ({n}/{trials})")
         elif trial.state == TrialState.FAIL:
-            log(f"trial {trial.number} failed at {_fmt(trial.params)} (diverged or metric undefined)")
+            log(f"trial {trial.number} failed at {_fmt(trial.params)}")
 
     if done < trials:
         cb = optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))
-        study.optimize(objective, n_trials=trials - done, callbacks=[cb, after_trial], catch=(Diverged,))
+        study.optimize(objective, n_trials=trials - done, callbacks=[cb, after_trial])
     else:
         log(f"study {study_name!r} already holds {done} completed trials (>= --trials {trials})")
     best = write_best(study)
     if best is None:
-        raise ScoreinvError(f"study {study_name!r}: no trial completed (all diverged?)")
+        raise ScoreinvError(f"study {study_name!r}: no trial gave a finite reconstruction (every one diverged "
+                            "or failed); narrow the search with --bound or give the solver more --steps")
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return {"best_value": float(best.value), "best_params": dict(best.params), "n_complete": n,
             "preset": {**base, **best.params}}

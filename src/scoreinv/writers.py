@@ -1,8 +1,7 @@
 """Output writers for reconstructions: .npy, .png, .nii/.nii.gz (nibabel), .dcm (pydicom).
 
-Also the `source` record of a measurement file (written by `scoreinv simulate`, read here): how
-the input images were scaled and, for DICOM input, the geometry and identity tags needed to
-write results back into the same study and frame of reference.
+What an output knows of its input (units, geometry, DICOM identity) comes from the measurement
+file's `source` record, through `scoreinv.source_record.meta_from_source`.
 
 Values: reconstructions are on the image scale of the model ([0, 1]). `.npy` and `.png` keep
 that scale; `.nii.gz` and `.dcm` hold original units, value = offset + scale x image value
@@ -24,147 +23,15 @@ import datetime
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_path
 from .errors import ScoreinvError
-from .physics.mar_spectra import HU_MAX, HU_MIN
+from .source_record import HU_WINDOW, IDENTITY_TAGS, OutputMeta
 
 SUPPORTED = (".npy", ".png", ".nii.gz", ".nii", ".dcm")
-HU_WINDOW = (HU_MIN, HU_MAX)  # the paper's [0, 1] <-> HU window (DESIGN.md §2.6)
-
-# --- the source record --------------------------------------------------------------------------
-DICOM_SERIES_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-                     "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID",
-                     "Modality", "SeriesInstanceUID", "SeriesNumber", "BodyPartExamined", "PixelSpacing",
-                     "ImageOrientationPatient", "SliceThickness", "SpacingBetweenSlices")
-DICOM_SLICE_TAGS = ("ImagePositionPatient", "SliceLocation", "InstanceNumber", "SOPInstanceUID", "SOPClassUID")
-IDENTITY_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-                 "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "BodyPartExamined")
-
-
-def _jsonable(v):
-    """A pydicom value as JSON: DS/IS stay numbers, multi-values become lists, the rest str."""
-    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
-        return [_jsonable(e) for e in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, float):
-        return float(v)
-    return str(v)
-
-
-def _dicom_tags(ds, names) -> dict:
-    out = {}
-    for k in names:
-        if k in ds and ds[k].value is not None and ds[k].value != "":
-            out[k] = _jsonable(ds[k].value)
-    return out
-
-
-def describe_source(path: str, arr: np.ndarray, is_hu: bool, intensity: str, size: int | None, square: bool,
-                    dicom_headers: list | None = None) -> dict:
-    """What `simulate.prepare_images(arr, ...)` did, as JSON for the measurement file's `source` key.
-
-    arr: (N, H, W) values as read. Original value = offset + scale x image value. DICOM geometry
-    follows padding and resizing: padding (p_r, p_c) moves ImagePositionPatient by
-    -(p_c Δc e_row + p_r Δr e_col); resizing m -> size (scikit-image keeps the pixel corners)
-    multiplies PixelSpacing by f = m / size and moves the first pixel centre by (f - 1) / 2 pixels.
-    """
-    mode = intensity if intensity != "auto" else ("hu" if is_hu else "minmax")
-    offset, scale = {"hu": (HU_WINDOW[0], HU_WINDOW[1] - HU_WINDOW[0]),
-                     "minmax": (float(arr.min()), float(arr.max() - arr.min())), "none": (0.0, 1.0)}[mode]
-    low = str(path).lower()
-    fmt = "dicom" if dicom_headers else ("nifti" if low.endswith((".nii", ".nii.gz")) else
-                                         "numpy" if low.endswith((".npy", ".npz")) else "image")
-    _, h, w = arr.shape
-    m = max(h, w) if (square or size) and h != w else None
-    pad = ((m - h) // 2, (m - w) // 2) if m else (0, 0)
-    f = ((m or h) / size) if size else 1.0
-    shape = [size, size] if size else [m or h, m or w]
-    src = {"format": fmt, "units": "HU" if (is_hu and mode != "none") else None,
-           "intensity": {"mode": mode, "offset": offset, "scale": scale},
-           "resize": {"input_shape": [h, w], "pad": list(pad), "factor": f, "shape": shape}}
-    if dicom_headers:
-        tags = _dicom_tags(dicom_headers[0], DICOM_SERIES_TAGS)
-        slices = [_dicom_tags(ds, DICOM_SLICE_TAGS) for ds in dicom_headers]
-        sp, iop = tags.get("PixelSpacing"), tags.get("ImageOrientationPatient")
-        if isinstance(sp, list) and len(sp) == 2:
-            dr, dc = float(sp[0]), float(sp[1])
-            tags["PixelSpacing"] = [dr * f, dc * f]
-            if isinstance(iop, list) and len(iop) == 6:
-                e_row, e_col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
-                shift = (-pad[1] + (f - 1) / 2) * dc * e_row + (-pad[0] + (f - 1) / 2) * dr * e_col
-                for s in slices:
-                    if len(s.get("ImagePositionPatient", [])) == 3:
-                        s["ImagePositionPatient"] = (np.asarray(s["ImagePositionPatient"], float) + shift).tolist()
-        tags["Rows"], tags["Columns"] = shape
-        src["dicom"], src["slices"] = tags, slices
-    return src
-
-
-# --- what an output needs to know ---------------------------------------------------------------
-@dataclass
-class OutputMeta:
-    """Units and geometry of an output volume of S slices (H, W).
-
-    original value = offset + scale x image value; pixel_spacing (Δr, Δc) mm; orientation: the
-    6 direction cosines (e_row, e_col); positions: (S, 3) ImagePositionPatient per slice.
-    """
-
-    modality: str = "OT"
-    offset: float = 0.0
-    scale: float = 1.0
-    units: str | None = None
-    pixel_spacing: tuple[float, float] | None = None
-    slice_thickness: float | None = None
-    orientation: list[float] | None = None
-    positions: list[list[float]] | None = None
-    series: dict = field(default_factory=dict)  # identity tags, UIDs, source SOPInstanceUIDs
-    description: str = "scoreinv reconstruction"
-    from_dicom: bool = False
-
-    def values(self, x: np.ndarray, kind: str = "image") -> np.ndarray:
-        return (self.scale * x if kind == "std" else self.offset + self.scale * x).astype(np.float64)
-
-
-def meta_from_source(source: dict | None, task: str, n_slices: int, slices: list[int] | None = None,
-                     pixel_size: float | None = None, description: str = "scoreinv reconstruction") -> OutputMeta:
-    """OutputMeta for `n_slices` output slices (the file's slices `slices`, default all) of a task."""
-    if source and "intensity" in source:
-        it = source["intensity"]
-        offset, scale, units = float(it["offset"]), float(it["scale"]), source.get("units")
-    elif task in ("ct", "mar"):
-        offset, scale, units = HU_WINDOW[0], HU_WINDOW[1] - HU_WINDOW[0], "HU"
-    else:
-        offset, scale, units = 0.0, 1.0, None
-    meta = OutputMeta(modality="CT" if task in ("ct", "mar") else "MR", offset=offset, scale=scale, units=units,
-                      pixel_spacing=(pixel_size, pixel_size) if pixel_size else None, description=description)
-    d = (source or {}).get("dicom")
-    if d:
-        meta.from_dicom = True
-        meta.modality = d.get("Modality", meta.modality)
-        if d.get("PixelSpacing"):
-            meta.pixel_spacing = (float(d["PixelSpacing"][0]), float(d["PixelSpacing"][1]))
-        meta.slice_thickness = float(d["SliceThickness"]) if d.get("SliceThickness") else None
-        iop = d.get("ImageOrientationPatient")
-        meta.orientation = [float(v) for v in iop] if iop else None
-        meta.series = {k: d[k] for k in (*IDENTITY_TAGS, "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesNumber")
-                       if k in d}
-        per = source.get("slices") or []
-        idx = list(range(n_slices)) if slices is None else list(slices)
-        if len(per) > max(idx, default=-1):
-            chosen = [per[i] for i in idx]
-            if all(len(s.get("ImagePositionPatient", [])) == 3 for s in chosen):
-                meta.positions = [[float(v) for v in s["ImagePositionPatient"]] for s in chosen]
-            meta.series["source_sops"] = [(s.get("SOPClassUID"), s.get("SOPInstanceUID")) for s in chosen]
-    return meta
-
 
 def _frame(meta: OutputMeta, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
     """(e_row, e_col, positions (n, 3), step (3,), Δr, Δc) with defaults for unknown geometry."""
@@ -268,7 +135,8 @@ def _write_nifti(path, vol: np.ndarray, meta: OutputMeta, kind: str, ext: str) -
     import nibabel as nib
     data = np.stack([np.rot90(s, -1) for s in meta.values(vol, kind)], axis=-1).astype(np.float32)
     img = nib.Nifti1Image(data, nifti_affine(meta, vol.shape[0], vol.shape[1]))
-    code = 1 if meta.from_dicom else 2   # scanner coordinates when the geometry came from DICOM
+    # scanner coordinates when the geometry came from DICOM; a NIfTI input's own code; else aligned
+    code = 1 if meta.from_dicom else (meta.nifti_code or 2)
     img.set_sform(img.affine, code=code)
     img.set_qform(img.affine, code=code)
     img.header.set_xyzt_units("mm")

@@ -237,7 +237,7 @@ def run(args) -> int:
     if not args.task or not args.input:
         raise ScoreinvError("simulate needs --task and --input (or --show MEAS)")
     from ..physics.measurements import save_measurements
-    from ..writers import describe_source
+    from ..source_record import describe_source
     headers: list = []
     arr, is_hu = read_images(args.input, headers)
     square = args.task in ("ct", "mar")

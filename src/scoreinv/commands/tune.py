@@ -12,7 +12,7 @@ HELP = """Tune a score solver's hyperparameters on VALIDATION images by Bayesian
 Searches (optuna GPSampler: Gaussian-process Bayesian optimisation after --startup-trials random
 points) over (snr, lambda) for projection / langevin_projection, (snr, r) for baseline /
 langevin, (lambda, eta) for dds, zeta for dps; snr in [0, 0.4] for CT and MAR, [0.2, 0.8] for
-MRI, lambda in [0, 1], r in [0.1, 20] (as the paper). Objective: mean --metric over
+MRI, lambda in [0, 1], r in [0.1, 20] (as the paper; --bound replaces one). Objective: mean --metric over
 --num-images images of --split (val by default; the test split is refused).
 
 --trials is the total number of completed trials: every finished trial is stored in --storage,
@@ -45,6 +45,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "stored in the preset)")
     p.add_argument("--set", action="append", default=[], metavar="solver.PARAM=VALUE",
                    help="fixed solver parameters during tuning (stored in the preset), e.g. solver.cg_iters=20")
+    p.add_argument("--bound", action="append", default=[], metavar="PARAM=LOW,HIGH",
+                   help="replace the search range of one parameter, e.g. --bound snr=0,1 (a solver run with "
+                   "fewer noise levels than the paper's needs larger Langevin steps); repeatable")
     p.add_argument("--startup-trials", type=int, default=10, help="random trials before the GP takes over "
                    "(default 10)")
     p.add_argument("--worker", type=int, default=0, help="worker number of a parallel search: changes only the "
@@ -82,6 +85,7 @@ def run(args) -> int:
         base["steps"] = args.steps
     if opts.noise > 0 and opts.task != "mar":
         base.setdefault("final_projection", False)
+    bounds = parse_bounds(args.bound)
     if args.num_images is None or args.num_images < 1:
         raise ScoreinvError(f"--num-images {args.num_images}: expected a positive integer")
     model, fingerprint, size, device = load_model(args, needed=True)
@@ -98,7 +102,24 @@ def run(args) -> int:
               "problem_seed": args.seed}
     res = tune(model, problem, args.solver, trials=args.trials, storage=args.storage, study_name=name,
                config=config, metric=args.metric, base=base, seed=args.seed, worker=args.worker,
-               batch_size=args.batch_size, device=device, startup_trials=args.startup_trials, out=out)
+               batch_size=args.batch_size, device=device, startup_trials=args.startup_trials, out=out,
+               bounds=bounds)
     print(f"best {args.metric} {res['best_value']:.4f} with {res['preset']} ({res['n_complete']} trials); "
           f"wrote {out}")
     return 0
+
+
+def parse_bounds(items) -> dict[str, tuple[float, float]]:
+    """--bound PARAM=LOW,HIGH items -> {PARAM: (LOW, HIGH)}; ranges are checked by tune.search_space."""
+    from ..errors import ScoreinvError
+    out = {}
+    for item in items:
+        name, eq, rng = item.partition("=")
+        parts = rng.split(",")
+        try:
+            if not eq or not name.strip() or len(parts) != 2:
+                raise ValueError
+            out[name.strip()] = (float(parts[0]), float(parts[1]))
+        except ValueError:
+            raise ScoreinvError(f"--bound {item!r}: expected PARAM=LOW,HIGH, e.g. --bound snr=0,1") from None
+    return out

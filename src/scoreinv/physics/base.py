@@ -52,10 +52,13 @@ class LinearOperator(abc.ABC):
         return self.forward(x)
 
     def to(self, device) -> "LinearOperator":
-        """Move every tensor attribute to `device` (in place); return self."""
+        """Move every tensor attribute, and every operator this one wraps, to `device` (in place);
+        return self."""
         for k, v in vars(self).items():
             if torch.is_tensor(v):
                 setattr(self, k, v.to(device))
+            elif isinstance(v, LinearOperator):
+                v.to(device)
         return self
 
     def check_image(self, x: torch.Tensor, name: str = "image") -> torch.Tensor:

@@ -184,10 +184,6 @@ class MarOperator(LinearOperator):
         frac = float(keep.float().mean())
         self.name = f"MarOperator({self.image_shape[0]}x{self.image_shape[1]}, {100 * frac:.1f}% of the sinogram kept)"
 
-    def to(self, device) -> "MarOperator":
-        self.keep = self.keep.to(device)
-        return self
-
     def _keep(self, ref: torch.Tensor) -> torch.Tensor:
         if self.keep.ndim == 3 and self.keep.shape[0] != ref.shape[0]:
             raise ScoreinvError(f"{self.name}: the mask is per sample for {self.keep.shape[0]} images, "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import check_range
+from ..physics.norm import operator_norm
 
 
 def _b(v, x):
@@ -40,7 +41,6 @@ def noisy_measurement(op, y, sde, x, t, generator=None, noisy: bool = True):
 
 def norm2(op, x) -> float:
     """‖A‖² by power iteration, cached per operator (estimated on x's device, dtype and batch)."""
-    from ..baselines.common import operator_norm
     return operator_norm(op, x.device, x.dtype, batch=x.shape[0]) ** 2
 
 

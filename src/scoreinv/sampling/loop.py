@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import Diverged
 from .steps import ddim_predictor, langevin_corrector, reverse_diffusion_predictor
 
 Hook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,6 +65,7 @@ def pc_loop(score_fn, sde, x: torch.Tensor, times: torch.Tensor, *, predictor: s
                 xp = hook(x, t)
                 xe, x = (x, xp) if order == "paper" else (xp, xp)
             x, _ = langevin_corrector(counter, sde, x, t, snr, generator, x_eval=xe)
+            _check_finite(x, i, times)
         if predictor is not None and t_next is not None:
             xe = x
             if hook is not None:
@@ -73,6 +75,7 @@ def pc_loop(score_fn, sde, x: torch.Tensor, times: torch.Tensor, *, predictor: s
                 x, _ = ddim_predictor(counter, sde, x, t, t_next, generator, eta=eta, x0_hook=x0_hook)
             else:
                 x, _ = reverse_diffusion_predictor(counter, sde, x, t, t_next, generator, x_eval=xe)
+        _check_finite(x, i, times)
     nfe = counter.n
     if denoise is not None:
         x = denoise(x, times[-1].expand(b).to(x.device))
@@ -80,3 +83,11 @@ def pc_loop(score_fn, sde, x: torch.Tensor, times: torch.Tensor, *, predictor: s
     if final_hook is not None:
         x = final_hook(x, times[-1].expand(b).to(x.device))
     return LoopResult(x, nfe)
+
+
+def _check_finite(x: torch.Tensor, i: int, times: torch.Tensor) -> None:
+    """Stop a chain that blew up, saying where (the operators would refuse its NaN input anyway)."""
+    if not bool(torch.isfinite(x).all()):
+        raise Diverged(f"sampler diverged: NaN/Inf at noise level {i + 1} of {times.shape[0]} "
+                       f"(t = {float(times[i]):.4g}); lower snr or the likelihood weight (larger r), "
+                       "or use more noise levels")
