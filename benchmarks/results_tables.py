@@ -36,13 +36,17 @@ TUNE_TRIALS = 24
 def run_tune(out: Path, task: str, checkpoints: dict) -> str:
     """Tune every score solver of `task` (scoreinv tune, the command itself); presets in OUT/presets."""
     from scoreinv.cli import main as cli
+    from scoreinv.sampling.solvers import solver_config
+    from scoreinv.tune import search_space
     args = list(TUNE_SETTING[task])
     i = args.index("--checkpoint") + 1
     args[i] = checkpoints.get(args[i], args[i])
     lines = []
     for solver in SCORE:
         preset = out / "presets" / f"{task}-{solver}.yaml"
-        extra = ["--bound", SNR_BOUND] if solver != "dds" else []
+        # snr is searched where the solver runs a corrector (not dds; not the predictor-only MAR projection)
+        searched = search_space(solver, task, solver_config(solver, task))
+        extra = ["--bound", SNR_BOUND] if "snr" in searched else []
         extra += [f"--set=solver.corrector_steps={CORRECTORS[solver]}"] if solver in CORRECTORS else []
         rc = cli(["tune", "--task", task, *args, "--solver", solver, "--steps", str(STEPS[solver]),
                   "--trials", str(TUNE_TRIALS), "--startup-trials", "8", "--num-images", "4",
@@ -138,8 +142,19 @@ def run_nfe(out: Path, n: int, checkpoints: dict) -> str:
 
 def collect(out: Path) -> str:
     """Markdown tables from every finished setting's summary.json under OUT (finished parts and
-    partial ones alike), one table per part."""
+    partial ones alike), one table per part, and the tuned presets."""
+    import yaml
     blocks = []
+    rows = []
+    for f in sorted((out / "presets").glob("*.yaml")):
+        d = yaml.safe_load(f.read_text())
+        params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in d["params"].items())
+        rows.append(f"| {d['task']} | {d['solver']} | {params} | {d.get('ssim', float('nan')):.3f} | "
+                    f"{d.get('trials')} | {d.get('setting')} |")
+    if rows:
+        blocks.append("### Tuned presets (optuna GP, mean SSIM on 4 validation images)\n\n"
+                      "| task | solver | parameters | val SSIM | trials | tuned at |\n|---|---|---|---|---|---|\n"
+                      + "\n".join(rows))
     for part in ("ct", "ellipses", "mri", "mar"):
         rows = []
         for f in sorted((out / part).glob("*/summary.json")):
