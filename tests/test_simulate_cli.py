@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from scoreinv.cli import main
+from scoreinv.errors import ScoreinvError
 from scoreinv.physics.ct import ParallelBeamCT
 from scoreinv.physics.measurements import load_measurements
 
@@ -183,3 +184,19 @@ def test_mar_volume_take_and_show_slice(tmp_path, capsys):
     assert main(["simulate", "--show", str(out), "--slice", "1", "--out", str(tmp_path / "f.png")]) == 0
     assert main(["simulate", "--show", str(out), "--slice", "2", "--out", str(tmp_path / "g.png")]) == 2
     assert "holds 2 slice" in capsys.readouterr().err
+
+
+def test_nifti_slice_reads_like_a_volume_of_one(tmp_path):
+    """A 2-D NIfTI slice gets the same in-plane layout as each slice of a 3-D volume."""
+    import nibabel as nib
+    a = np.random.default_rng(3).random((16, 12)).astype(np.float32)
+    nib.save(nib.Nifti1Image(a, np.eye(4)), str(tmp_path / "slice.nii.gz"))
+    nib.save(nib.Nifti1Image(a[..., None], np.eye(4)), str(tmp_path / "vol.nii.gz"))
+    from scoreinv.commands.simulate import read_images
+    two, _ = read_images(str(tmp_path / "slice.nii.gz"))
+    three, _ = read_images(str(tmp_path / "vol.nii.gz"))
+    assert two.shape == (1, 12, 16) and np.array_equal(two, three)
+    assert np.array_equal(two[0], np.rot90(a))
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)), str(tmp_path / "series.nii.gz"))
+    with pytest.raises(ScoreinvError, match="3-D"):
+        read_images(str(tmp_path / "series.nii.gz"))

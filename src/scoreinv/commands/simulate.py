@@ -137,10 +137,13 @@ def read_images(path: str, dicom_headers: list | None = None) -> tuple[np.ndarra
             vol = np.asarray(nib.load(path).get_fdata(), dtype=np.float64)
             if vol.ndim == 4 and vol.shape[3] == 1:
                 vol = vol[..., 0]
-            if vol.ndim == 3:  # axial slices along the last axis, shown with rows = anterior-posterior
-                arr = np.stack([np.rot90(vol[:, :, k]) for k in range(vol.shape[2])])
-            else:
-                arr = vol
+            if vol.ndim == 2:  # one slice: the same layout as a volume of one (the writers invert it)
+                vol = vol[..., None]
+            if vol.ndim != 3:
+                raise ScoreinvError(f"{path}: NIfTI image of shape {vol.shape}; expected a 2-D slice or a 3-D "
+                                    "volume (split 4-D series into 3-D files first)")
+            # axial slices along the last axis, shown with rows = anterior-posterior
+            arr = np.stack([np.rot90(vol[:, :, k]) for k in range(vol.shape[2])])
         elif low.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")):
             from PIL import Image
             with Image.open(path) as im:
