@@ -83,7 +83,7 @@ def settings(part: str):
             yield dict(task="mar", views=views), "phantoms", "ct64", ["li", "nmar"]
 
 
-def run_part(part: str, out: Path, n: int, checkpoints: dict) -> str:
+def run_part(part: str, out: Path, n: int, checkpoints: dict, only: str | None = None) -> str:
     from scoreinv.data import build_dataset
     from scoreinv.evaluate import evaluate, model_fingerprint, resolve_methods
     from scoreinv.score import load_score_model
@@ -98,6 +98,8 @@ def run_part(part: str, out: Path, n: int, checkpoints: dict) -> str:
         model, cfg = models[spec]
         size = cfg.data.image_size
         o = task_options(**opts)
+        if only is not None and o.slug() != only:
+            continue
         sets = {name: {"steps": STEPS[name], **({"corrector_steps": CORRECTORS[name]} if name in CORRECTORS else {})}
                 for name in SCORE}
         presets = load_presets(out, o.task)
@@ -140,6 +142,32 @@ def run_nfe(out: Path, n: int, checkpoints: dict) -> str:
     return "\n".join(lines)
 
 
+def run_paper(out: Path, n: int, checkpoints: dict, only: str | None = None) -> str:
+    """The paper's four solvers at the paper's budget and hyperparameters (DESIGN.md §2.4, untuned:
+    1000 levels for projection and baseline, 700 levels x 3 correctors for the Langevin ones),
+    CT 10 views and MRI 8x, noise-free."""
+    from scoreinv.data import build_dataset
+    from scoreinv.evaluate import evaluate, model_fingerprint, resolve_methods
+    from scoreinv.score import load_score_model
+    from scoreinv.tasks import task_options
+
+    lines = ["| setting | method | PSNR (dB) | SSIM | s/image | NFE |", "|---|---|---|---|---|---|"]
+    cases = [(dict(task="ct", views=10), "phantoms", "ct64"),
+             (dict(task="mri", acceleration=8.0, mask="random"), "brain", "mri64")]
+    for opts, data, model_name in cases:
+        o = task_options(**opts)
+        if only is not None and o.slug() != only:
+            continue
+        model, cfg = load_score_model(checkpoints.get(model_name, model_name))
+        methods = resolve_methods(["baseline", "langevin", "langevin_projection", "projection"], o.task)
+        for r in evaluate(out / "paper" / o.slug(), o, build_dataset(data, "test", cfg.data.image_size), methods, n,
+                          data_id=data, split="test", model=model, model_id=model_fingerprint(model), batch_size=n,
+                          log=print):
+            lines.append(f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
+                         f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} |")
+    return "\n".join(lines)
+
+
 def collect(out: Path) -> str:
     """Markdown tables from every finished setting's summary.json under OUT (finished parts and
     partial ones alike), one table per part, and the tuned presets."""
@@ -155,9 +183,12 @@ def collect(out: Path) -> str:
         blocks.append("### Tuned presets (optuna GP, mean SSIM on 4 validation images)\n\n"
                       "| task | solver | parameters | val SSIM | trials | tuned at |\n|---|---|---|---|---|---|\n"
                       + "\n".join(rows))
+    from scoreinv.tasks import task_options
     for part in ("ct", "ellipses", "mri", "mar"):
         rows = []
-        for f in sorted((out / part).glob("*/summary.json")):
+        order = [task_options(**opts).slug() for opts, *_ in settings(part)]
+        rank = lambda f: (order.index(f.parent.name) if f.parent.name in order else len(order), f.parent.name)  # noqa: E731
+        for f in sorted((out / part).glob("*/summary.json"), key=rank):
             for r in json.loads(f.read_text()):
                 rows.append(f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
                             f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} | "
@@ -165,6 +196,15 @@ def collect(out: Path) -> str:
         if rows:
             blocks.append(f"### {part}\n\n| setting | method | PSNR (dB) | SSIM | s/image | NFE | images |\n"
                           "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    rows = []
+    for f in sorted((out / "paper").glob("*/summary.json")):
+        for r in json.loads(f.read_text()):
+            rows.append(f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
+                        f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} | "
+                        f"{r['n_images']} |")
+    if rows:
+        blocks.append("### The paper's budget and hyperparameters (untuned presets)\n\n| setting | method | PSNR (dB) | "
+                      "SSIM | s/image | NFE | images |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     rows = []
     for f in sorted((out / "nfe").glob("*/*/summary.json")):
         r = json.loads(f.read_text())[0]
@@ -180,11 +220,14 @@ def collect(out: Path) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["tune", "ct", "ellipses", "mri", "mar", "nfe"])
+    p.add_argument("--part", choices=["tune", "ct", "ellipses", "mri", "mar", "nfe", "paper"])
     p.add_argument("--task", choices=sorted(TUNE_SETTING), help="task to tune (--part tune)")
     p.add_argument("--collect", action="store_true", help="print the tables of every finished setting under OUT")
+    p.add_argument("--setting", help="run only the setting with this slug (e.g. R24-variable_density-n0.05), "
+                   "to spread one part over several processes")
     p.add_argument("--num-images", type=int, default=16)
-    p.add_argument("--nfe-images", type=int, default=8, help="images for the NFE study (2000-NFE runs)")
+    p.add_argument("--nfe-images", type=int, default=8, help="images for the NFE study and the paper-budget "
+                   "part (2000-NFE runs)")
     p.add_argument("--out", default="runs/tables")
     p.add_argument("--ct-checkpoint", default="ct64")
     p.add_argument("--mri-checkpoint", default="mri64")
@@ -201,7 +244,12 @@ def main() -> int:
             p.error("--part tune needs --task")
         print(run_tune(out, a.task, ck))
         return 0
-    table = run_nfe(out, a.nfe_images, ck) if a.part == "nfe" else run_part(a.part, out, a.num_images, ck)
+    if a.part == "paper":
+        table = run_paper(out, a.nfe_images, ck, a.setting)
+    elif a.part == "nfe":
+        table = run_nfe(out, a.nfe_images, ck)
+    else:
+        table = run_part(a.part, out, a.num_images, ck, a.setting)
     from scoreinv.atomic import write_text
     write_text(out / f"{a.part}.md", table + "\n")
     print(table)
