@@ -1,7 +1,7 @@
 """Regenerate the results tables of docs/results.md (issue: evaluation against classical baselines).
 
     python benchmarks/results_tables.py --part tune --task ct|mri|mar     # presets, first
-    python benchmarks/results_tables.py --part ct|ellipses|mri|mar|nfe [--num-images 16] [--out runs/tables]
+    python benchmarks/results_tables.py --part ct|ellipses|mri|mar|nfe|paper [--num-images 16] [--out runs/tables]
     python benchmarks/results_tables.py --collect
 
 `--part tune` runs `scoreinv tune` (optuna GP, SSIM on 4 validation images, 24 trials) for every
@@ -168,10 +168,20 @@ def run_paper(out: Path, n: int, checkpoints: dict, only: str | None = None) -> 
     return "\n".join(lines)
 
 
+HEADER = "| setting | method | PSNR (dB) | SSIM | s/image | NFE | images |\n|---|---|---|---|---|---|---|\n"
+
+
+def _row(r: dict) -> str:
+    return (f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
+            f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} | {r['n_images']} |")
+
+
 def collect(out: Path) -> str:
     """Markdown tables from every finished setting's summary.json under OUT (finished parts and
     partial ones alike), one table per part, and the tuned presets."""
     import yaml
+
+    from scoreinv.tasks import task_options
     blocks = []
     rows = []
     for f in sorted((out / "presets").glob("*.yaml")):
@@ -183,38 +193,20 @@ def collect(out: Path) -> str:
         blocks.append("### Tuned presets (optuna GP, mean SSIM on 4 validation images)\n\n"
                       "| task | solver | parameters | val SSIM | trials | tuned at |\n|---|---|---|---|---|---|\n"
                       + "\n".join(rows))
-    from scoreinv.tasks import task_options
-    for part in ("ct", "ellipses", "mri", "mar"):
-        rows = []
+    titles = {"ct": "Sparse-view CT, textured phantoms", "ellipses": "Sparse-view CT, plain ellipse phantoms",
+              "mri": "MRI, held-out brain slices", "mar": "Metal artifact reduction, simulated titanium implants",
+              "paper": "The paper's budget and hyperparameters (untuned presets, 8 images)"}
+    for part in ("ct", "ellipses", "mri", "mar", "paper"):
         order = [task_options(**opts).slug() for opts, *_ in settings(part)]
         rank = lambda f: (order.index(f.parent.name) if f.parent.name in order else len(order), f.parent.name)  # noqa: E731
-        for f in sorted((out / part).glob("*/summary.json"), key=rank):
-            for r in json.loads(f.read_text()):
-                rows.append(f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
-                            f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} | "
-                            f"{r['n_images']} |")
+        rows = [_row(r) for f in sorted((out / part).glob("*/summary.json"), key=rank)
+                for r in json.loads(f.read_text())]
         if rows:
-            blocks.append(f"### {part}\n\n| setting | method | PSNR (dB) | SSIM | s/image | NFE | images |\n"
-                          "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
-    rows = []
-    for f in sorted((out / "paper").glob("*/summary.json")):
-        for r in json.loads(f.read_text()):
-            rows.append(f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
-                        f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} | "
-                        f"{r['n_images']} |")
+            blocks.append(f"### {titles[part]}\n\n" + HEADER + "\n".join(rows))
+    rows = sorted((r["setting"], r["solver"], r["nfe"], _row(r)) for f in (out / "nfe").glob("*/*/summary.json")
+                  for r in json.loads(f.read_text())[:1])
     if rows:
-        blocks.append("### The paper's budget and hyperparameters (untuned presets)\n\n| setting | method | PSNR (dB) | "
-                      "SSIM | s/image | NFE | images |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
-    rows = []
-    for f in sorted((out / "nfe").glob("*/*/summary.json")):
-        r = json.loads(f.read_text())[0]
-        rows.append((r["setting"], r["solver"], r["nfe"], f"| {r['setting']} | {r['solver']} | {r['nfe']} | "
-                     f"{r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | {r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | "
-                     f"{r['sec_per_image']:.2f} | {r['n_images']} |"))
-    if rows:
-        rows.sort()
-        blocks.append("### PSNR against NFE\n\n| setting | solver | NFE | PSNR (dB) | SSIM | s/image | images |\n"
-                      "|---|---|---|---|---|---|---|\n" + "\n".join(r[-1] for r in rows))
+        blocks.append("### PSNR against NFE (reference presets, untuned)\n\n" + HEADER + "\n".join(r[-1] for r in rows))
     return "\n\n".join(blocks)
 
 
