@@ -195,7 +195,7 @@ def collect(out: Path) -> str:
                       + "\n".join(rows))
     titles = {"ct": "Sparse-view CT, textured phantoms", "ellipses": "Sparse-view CT, plain ellipse phantoms",
               "mri": "MRI, held-out brain slices", "mar": "Metal artifact reduction, simulated titanium implants",
-              "paper": "The paper's budget and hyperparameters (untuned presets, 8 images)"}
+              "paper": "The paper's budget and hyperparameters (untuned presets)"}
     for part in ("ct", "ellipses", "mri", "mar", "paper"):
         order = [task_options(**opts).slug() for opts, *_ in settings(part)]
         rank = lambda f: (order.index(f.parent.name) if f.parent.name in order else len(order), f.parent.name)  # noqa: E731
@@ -236,6 +236,12 @@ def main() -> int:
             p.error("--part tune needs --task")
         print(run_tune(out, a.task, ck))
         return 0
+    if a.setting is not None:
+        from scoreinv.tasks import task_options
+        slugs = [task_options(**o).slug() for o, *_ in settings(a.part)] if a.part != "paper" else \
+            ["v10-n0-radon", "R8-random-n0"]
+        if a.setting not in slugs:
+            p.error(f"--setting {a.setting}: not a setting of --part {a.part}; expected one of {', '.join(slugs)}")
     if a.part == "paper":
         table = run_paper(out, a.nfe_images, ck, a.setting)
     elif a.part == "nfe":
@@ -243,9 +249,10 @@ def main() -> int:
     else:
         table = run_part(a.part, out, a.num_images, ck, a.setting)
     from scoreinv.atomic import write_text
-    write_text(out / f"{a.part}.md", table + "\n")
+    md = out / (f"{a.part}.md" if a.setting is None else f"{a.part}-{a.setting}.md")
+    write_text(md, table + "\n")
     print(table)
-    print(json.dumps({"written": str(out / f"{a.part}.md")}))
+    print(json.dumps({"written": str(md)}))
     return 0
 
 

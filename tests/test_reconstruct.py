@@ -345,3 +345,28 @@ def test_nifti_input_affine_is_carried_to_nifti_output(model, tmp_path):
     for k in range(2):
         np.testing.assert_allclose(out2 @ [7.5, 7.5, k, 1], a @ [15.5, 15.5, k, 1], atol=1e-4)
     np.testing.assert_allclose(out2[:3, :2], 2 * a[:3, :2], atol=1e-6)
+
+
+def test_single_slice_nifti_keeps_its_slice_axis(model, tmp_path):
+    """One slice has no neighbour to give the slice step: it comes from the input affine, so the
+    third column (sign included) survives, as do a degenerate affine's refusal."""
+    import nibabel as nib
+    a = np.diag([0.9, 0.9, 2.5, 1.0])
+    a[:3, 3] = [10.0, -20.0, 30.0]
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((16, 16)).astype(np.float32), a),
+             tmp_path / "one.nii.gz")
+    meas = tmp_path / "one.npz"
+    assert main(["simulate", "--task", "mri", "--acceleration", "2", "--input", str(tmp_path / "one.nii.gz"),
+                 "--out", str(meas)]) == 0
+    assert recon(model, meas, tmp_path / "out.nii.gz", "--solver", "dds") == 0
+    np.testing.assert_allclose(nib.load(tmp_path / "out.nii.gz").affine, a, atol=1e-5)
+    bad = a.copy()
+    bad[:, 0] = 0
+    bad[3, 3] = 1
+    img = nib.Nifti1Image(np.ones((16, 16, 1), np.float32), np.eye(4))
+    img.set_qform(None, code=0)
+    img.set_sform(bad, code=1)                 # nibabel will not decompose it into a qform
+    nib.save(img, tmp_path / "bad.nii.gz")
+    with pytest.raises(ScoreinvError, match="zero-length"):
+        source_record.describe_source(str(tmp_path / "bad.nii.gz"), np.ones((1, 16, 16)), False, "auto", None,
+                                      False)

@@ -182,3 +182,5 @@ def test_refusals(ckpt, tmp_path, capsys):
     assert "PARAM=LOW,HIGH" in capsys.readouterr().err
     assert main(_args(ckpt, tmp_path, 1, "--bound", "eta=0,1")) == 2
     assert "not 'eta'" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1, "--bound", "snr=0,1", "--bound", "snr=0,2")) == 2
+    assert "given twice" in capsys.readouterr().err

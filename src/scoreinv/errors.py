@@ -16,7 +16,8 @@ class ScoreinvError(ValueError):
 
 class Diverged(ScoreinvError):
     """A computation whose result is not finite or not defined (e.g. a sampler whose step sizes
-    are too large for its noise schedule); a tuning trial that raises it fails, the study goes on."""
+    are too large for its noise schedule); a tuning trial that raises it is scored the metric's
+    worst value, and the study goes on."""
 
 
 def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:

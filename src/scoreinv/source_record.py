@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ScoreinvError
 from .physics.mar_spectra import HU_MAX, HU_MIN
 
 HU_WINDOW = (HU_MIN, HU_MAX)  # the paper's [0, 1] <-> HU window (DESIGN.md §2.6)
@@ -102,10 +103,13 @@ def _nifti_frame(path, n: int, h: int) -> tuple[dict, list[dict]]:
     a = np.asarray(img.affine, float)
     lps = np.array([-1.0, -1.0, 1.0])
     col0, col1, col2 = lps * a[:3, 0], -lps * a[:3, 1], lps * a[:3, 2]
-    dc, dr = float(np.linalg.norm(col0)), float(np.linalg.norm(col1))
+    dc, dr, dz = (float(np.linalg.norm(v)) for v in (col0, col1, col2))
+    if not all(np.isfinite(v) and v > 0 for v in (dc, dr, dz)):
+        raise ScoreinvError(f"{path}: the NIfTI affine has a zero-length or non-finite axis (voxel sizes "
+                            f"{dc:g}, {dr:g}, {dz:g} mm); expected a non-degenerate affine")
     code = int(img.get_sform(coded=True)[1]) or int(img.get_qform(coded=True)[1])
     tags = {"PixelSpacing": [dr, dc], "ImageOrientationPatient": [*(col0 / dc), *(col1 / dr)],
-            "SliceThickness": float(np.linalg.norm(col2)), "nifti_xform_code": code}
+            "SliceThickness": dz, "SliceStep": col2.tolist(), "nifti_xform_code": code}
     slices = [{"ImagePositionPatient": (lps * (a[:3, 3] + (h - 1) * a[:3, 1] + k * a[:3, 2])).tolist()}
               for k in range(n)]
     return tags, slices
@@ -126,6 +130,7 @@ class OutputMeta:
     units: str | None = None
     pixel_spacing: tuple[float, float] | None = None
     slice_thickness: float | None = None
+    slice_step: list[float] | None = None   # (3,) LPS mm from one slice to the next, when the input says
     orientation: list[float] | None = None
     positions: list[list[float]] | None = None
     series: dict = field(default_factory=dict)  # identity tags, UIDs, source SOPInstanceUIDs
@@ -157,6 +162,7 @@ def meta_from_source(source: dict | None, task: str, n_slices: int, slices: list
         if d.get("PixelSpacing"):
             meta.pixel_spacing = (float(d["PixelSpacing"][0]), float(d["PixelSpacing"][1]))
         meta.slice_thickness = float(d["SliceThickness"]) if d.get("SliceThickness") else None
+        meta.slice_step = [float(v) for v in d["SliceStep"]] if d.get("SliceStep") else None
         iop = d.get("ImageOrientationPatient")
         meta.orientation = [float(v) for v in iop] if iop else None
         meta.series = {k: d[k] for k in (*IDENTITY_TAGS, "FrameOfReferenceUID", "SeriesInstanceUID", "SeriesNumber")

@@ -238,14 +238,13 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
             return diverged_score(metric)
 
     def write_best(study):
-        try:
-            best = study.best_trial
-        except ValueError:        # no completed trial yet
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        finite = [t for t in done if "diverged" not in t.user_attrs]
+        if not finite:            # none completed yet, or every one diverged: nothing to recommend
             return None
-        if "diverged" in best.user_attrs:    # every trial so far diverged: nothing to recommend
-            return None
+        best = max(finite, key=lambda t: t.value)
         if out:
-            n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            n = len(done)
             write_preset(out, Preset(solver, task, {**base, **best.params},
                                      {metric: float(best.value), "trials": n, "study": study_name,
                                       "setting": config.get("setting"), "data": config.get("data"),

@@ -38,8 +38,9 @@ def _frame(meta: OutputMeta, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     dr, dc = meta.pixel_spacing or (1.0, 1.0)
     o = np.asarray(meta.orientation if meta.orientation else [1, 0, 0, 0, 1, 0], float)
     e_row, e_col = o[:3], o[3:]
-    normal = np.cross(e_row, e_col)
     thick = meta.slice_thickness or 1.0
+    # the slice normal, unless the input stated its slice axis (NIfTI: its sign and any obliquity)
+    normal = np.asarray(meta.slice_step, float) / thick if meta.slice_step else np.cross(e_row, e_col)
     if meta.positions is not None and len(meta.positions) == n:
         pos = np.asarray(meta.positions, float)
         step = (pos[-1] - pos[0]) / (n - 1) if n > 1 else normal * thick

@@ -119,7 +119,10 @@ def parse_bounds(items) -> dict[str, tuple[float, float]]:
         try:
             if not eq or not name.strip() or len(parts) != 2:
                 raise ValueError
-            out[name.strip()] = (float(parts[0]), float(parts[1]))
+            bound = (float(parts[0]), float(parts[1]))
         except ValueError:
             raise ScoreinvError(f"--bound {item!r}: expected PARAM=LOW,HIGH, e.g. --bound snr=0,1") from None
+        if name.strip() in out:
+            raise ScoreinvError(f"--bound {name.strip()} given twice; give each parameter one range")
+        out[name.strip()] = bound
     return out

@@ -89,5 +89,6 @@ def _check_finite(x: torch.Tensor, i: int, times: torch.Tensor) -> None:
     """Stop a chain that blew up, saying where (the operators would refuse its NaN input anyway)."""
     if not bool(torch.isfinite(x).all()):
         raise Diverged(f"sampler diverged: NaN/Inf at noise level {i + 1} of {times.shape[0]} "
-                       f"(t = {float(times[i]):.4g}); lower snr or the likelihood weight (larger r), "
-                       "or use more noise levels")
+                       f"(t = {float(times[i]):.4g}); the steps are too large for the schedule: lower the step "
+                       "parameter (snr; larger r for the likelihood solvers; smaller zeta for dps) or use more "
+                       "noise levels")
