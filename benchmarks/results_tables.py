@@ -83,13 +83,21 @@ def settings(part: str):
             yield dict(task="mar", views=views), "phantoms", "ct64", ["li", "nmar"]
 
 
+HEADER = "| setting | method | PSNR (dB) | SSIM | s/image | NFE | images |\n|---|---|---|---|---|---|---|\n"
+
+
+def _row(r: dict) -> str:
+    return (f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
+            f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} | {r['n_images']} |")
+
+
 def run_part(part: str, out: Path, n: int, checkpoints: dict, only: str | None = None) -> str:
     from scoreinv.data import build_dataset
     from scoreinv.evaluate import evaluate, model_fingerprint, resolve_methods
     from scoreinv.score import load_score_model
     from scoreinv.tasks import task_options
 
-    lines = ["| setting | method | PSNR (dB) | SSIM | s/image | NFE |", "|---|---|---|---|---|---|"]
+    lines = [HEADER.rstrip()]
     models = {}
     for opts, data, model_name, classical in settings(part):
         spec = checkpoints.get(model_name, model_name)
@@ -111,8 +119,7 @@ def run_part(part: str, out: Path, n: int, checkpoints: dict, only: str | None =
                            model=model, model_id=model_fingerprint(model), batch_size=n,
                            val_dataset=lambda: build_dataset(data, "val", size), n_val=4, log=print)
         for r in summary:
-            lines.append(f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
-                         f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} |")
+            lines.append(_row(r))
     return "\n".join(lines)
 
 
@@ -151,7 +158,7 @@ def run_paper(out: Path, n: int, checkpoints: dict, only: str | None = None) -> 
     from scoreinv.score import load_score_model
     from scoreinv.tasks import task_options
 
-    lines = ["| setting | method | PSNR (dB) | SSIM | s/image | NFE |", "|---|---|---|---|---|---|"]
+    lines = [HEADER.rstrip()]
     cases = [(dict(task="ct", views=10), "phantoms", "ct64"),
              (dict(task="mri", acceleration=8.0, mask="random"), "brain", "mri64")]
     for opts, data, model_name in cases:
@@ -163,17 +170,8 @@ def run_paper(out: Path, n: int, checkpoints: dict, only: str | None = None) -> 
         for r in evaluate(out / "paper" / o.slug(), o, build_dataset(data, "test", cfg.data.image_size), methods, n,
                           data_id=data, split="test", model=model, model_id=model_fingerprint(model), batch_size=n,
                           log=print):
-            lines.append(f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
-                         f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} |")
+            lines.append(_row(r))
     return "\n".join(lines)
-
-
-HEADER = "| setting | method | PSNR (dB) | SSIM | s/image | NFE | images |\n|---|---|---|---|---|---|---|\n"
-
-
-def _row(r: dict) -> str:
-    return (f"| {r['setting']} | {r['solver']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
-            f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | {r['sec_per_image']:.2f} | {r['nfe']} | {r['n_images']} |")
 
 
 def collect(out: Path) -> str:

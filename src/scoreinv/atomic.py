@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,3 +67,38 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+class atomic_dir:
+    """Build a folder in a temporary sibling, then swap it into place (the old one is removed
+    only after the swap). `check(target)` runs first and may refuse an existing target, so that
+    a caller can make sure user data is never deleted."""
+
+    def __init__(self, target: Path, check=None):
+        self.target, self.check = Path(target), check
+
+    def __enter__(self) -> Path:
+        t = self.target
+        if self.check is not None:
+            self.check(t)
+        t.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        for p in self.tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(self.tmp, 0o777 & ~_umask())
+        old = None
+        if self.target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".old", dir=self.target.parent))
+            os.rmdir(old)
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False

@@ -8,14 +8,13 @@ works everywhere). `load_score_model` casts the weights back to float32.
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from .atomic import torch_save
 from .errors import ScoreinvError
-from .score import read_checkpoint, resolve_checkpoint
+from .score import models_dir, read_checkpoint, resolve_checkpoint
 
 
 def export(checkpoint: str, name: str, dtype: str = "float16", dest: str | None = None) -> Path:
@@ -30,7 +29,7 @@ def export(checkpoint: str, name: str, dtype: str = "float16", dest: str | None 
     # the Fourier-feature frequencies (|W| ~ 16 and more) multiply log σ inside sin/cos: fp16's
     # rounding of them would shift phases by a tenth of a radian, so they stay float32
     ema = {k: v.to(dt) if v.is_floating_point() and not k.endswith("embed.W") else v for k, v in ck["ema"].items()}
-    out = Path(dest) if dest else Path(str(resources.files("scoreinv") / "resources" / "models"))
+    out = Path(dest) if dest else models_dir()
     path = out / f"{name}.pt"
     torch_save({"config": ck["config"], "arch": ck.get("arch"), "step": ck["step"], "ema": ema,
                 "n_params": ck.get("n_params"), "weights_dtype": dtype}, path)

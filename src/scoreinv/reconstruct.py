@@ -199,15 +199,6 @@ class Result:
     files: list = field(default_factory=list)
 
 
-def _batch_op(op, i0: int, i1: int):
-    """The operator of slices i0:i1 (per-slice MAR masks sliced; shared operators as they are)."""
-    keep = getattr(op, "keep", None)
-    if keep is None or keep.ndim != 3:
-        return op
-    from .physics.mar import MarOperator
-    return MarOperator(op.ct, keep[i0:i1])
-
-
 def _relative_residual(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r = (op.forward(x) - y).abs().flatten(1).norm(dim=1)
     return (r / y.abs().flatten(1).norm(dim=1).clamp_min(1e-30)).cpu()
@@ -217,7 +208,7 @@ def run(p: Plan, progress: bool = True) -> Result:
     """Sample every selected slice in batches of about `batch_size` images, then write the outputs."""
     from tqdm.auto import tqdm
 
-    from .tasks import repeat_operator
+    from .tasks import repeat_operator, slice_operator
     n = len(p.meas)
     per = max(1, p.batch_size // p.samples)       # slices per call: network batch ≈ batch_size
     g = torch.Generator().manual_seed(p.seed)
@@ -226,11 +217,11 @@ def run(p: Plan, progress: bool = True) -> Result:
     bar = tqdm(total=n, desc="reconstruct", unit="slice", disable=not progress)
     for i0 in range(0, n, per):
         i1 = min(n, i0 + per)
-        sop = repeat_operator(_batch_op(p.solve_op, i0, i1), p.samples)
+        sop = repeat_operator(slice_operator(p.solve_op, slice(i0, i1)), p.samples)
         out = solvers.posterior(p.model, sop, p.y[i0:i1], p.cfg, samples=p.samples, generator=g, progress=progress)
         means.append(out["mean"].float().cpu())
         stds.append(out["std"].float().cpu())
-        res.append(_relative_residual(_batch_op(p.op, i0, i1), out["mean"], p.meas.y[i0:i1].to(p.device)))
+        res.append(_relative_residual(slice_operator(p.op, slice(i0, i1)), out["mean"], p.meas.y[i0:i1].to(p.device)))
         nfe = int(out["nfe"])
         bar.update(i1 - i0)
     bar.close()

@@ -103,9 +103,14 @@ class EMA:
 # Loading checkpoints and shipped models
 # ---------------------------------------------------------------------------------------------
 
+def models_dir() -> Path:
+    """Where the package's shipped models live (resources/models/)."""
+    return Path(str(resources.files("scoreinv") / "resources" / "models"))
+
+
 def shipped_models() -> dict[str, Path]:
     """Name -> path of the models shipped inside the package (resources/models/<name>.pt)."""
-    d = Path(str(resources.files("scoreinv") / "resources" / "models"))
+    d = models_dir()
     return {p.stem: p for p in sorted(d.glob("*.pt"))} if d.exists() else {}
 
 

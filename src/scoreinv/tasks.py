@@ -313,6 +313,16 @@ def repeat_operator(op: LinearOperator, k: int) -> LinearOperator:
     return MarOperator(op.ct, keep.repeat(k, 1, 1))
 
 
+def slice_operator(op: LinearOperator, sl: slice) -> LinearOperator:
+    """The operator of samples `sl` of a batch: per-sample masks (MAR's keep of shape (B, V, D))
+    are sliced; shared operators are returned as they are."""
+    keep = getattr(op, "keep", None)
+    if keep is None or keep.ndim != 3:
+        return op
+    from .physics.mar import MarOperator
+    return MarOperator(op.ct, keep[sl])
+
+
 __all__ = ["TASKS", "CT_OPERATORS", "DEFAULT_CT_OPERATOR", "DEFAULT_CT_VIEWS", "ct_geometry", "ct_operator",
            "project_fine", "Simulation", "simulate_ct", "simulate_mri", "simulate_mar", "TaskOptions",
-           "task_options", "Problem", "build_problem", "repeat_operator"]
+           "task_options", "Problem", "build_problem", "repeat_operator", "slice_operator"]

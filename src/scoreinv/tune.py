@@ -37,7 +37,7 @@ from .data.base import derive_seed
 from .errors import Diverged, ScoreinvError, check_choice, check_range
 from .metrics import LOWER_IS_BETTER, METRICS, NEEDS_METAL_MASK, get_metric
 from .sampling.solvers import SOLVERS, SolverConfig, solve, solver_config
-from .tasks import TASKS, Problem
+from .tasks import TASKS, Problem, slice_operator
 
 PRESET_VERSION = 1
 SNR_BOUNDS = {"ct": (0.0, 0.4), "mar": (0.0, 0.4), "mri": (0.2, 0.8)}
@@ -160,10 +160,7 @@ def objective_value(model, problem: Problem, cfg: SolverConfig, metric: str, bat
     n = problem.x.shape[0]
     for b0 in range(0, n, batch_size):
         sl = slice(b0, min(b0 + batch_size, n))
-        op = problem.op
-        if getattr(op, "keep", None) is not None and op.keep.ndim == 3:
-            from .physics.mar import MarOperator
-            op = MarOperator(op.ct, op.keep[sl])
+        op = slice_operator(problem.op, sl)
         g = torch.Generator().manual_seed(derive_seed(seed, "tune", b0))
         x, _ = solve(model, op, problem.y[sl].to(device), cfg, g)
         x = (x.abs() if x.is_complex() else x).float().cpu()

@@ -14,20 +14,17 @@ NIfTI volumes store slice k as vol[:, :, k] = rot90(slice, -1) (the inverse of h
 diag(-1, -1, 1) [Δc e_row, -Δr e_col, step, IPP_0 + (H-1) Δr e_col].
 
 Every file is written atomically (`scoreinv.atomic`); a DICOM series folder is built in a
-temporary folder beside the target and renamed into place. The folder swap is written here
-because `scoreinv.atomic` handles single files only.
+temporary folder beside the target and swapped into place (`atomic.atomic_dir`).
 """
 from __future__ import annotations
 
 import datetime
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_dir, atomic_path
 from .errors import ScoreinvError
 from .source_record import HU_WINDOW, IDENTITY_TAGS, OutputMeta
 
@@ -228,49 +225,7 @@ def _write_dicom(path, vol: np.ndarray, meta: OutputMeta, kind: str) -> str:
             slice_ds(0).save_as(tmp, enforce_file_format=True)
         return str(path)
     folder = Path(str(path)[: -len(".dcm")])
-    with _atomic_dir(folder) as tmp:
+    with atomic_dir(folder, check=_check_folder) as tmp:
         for k in range(n):
             slice_ds(k).save_as(tmp / f"IM_{k + 1:04d}.dcm", enforce_file_format=True)
     return str(folder) + os.sep
-
-
-class _atomic_dir:
-    """Build a folder in a temporary sibling, then swap it into place.
-
-    An existing target is replaced only if it holds nothing but IM_*.dcm files (an earlier
-    output); anything else is refused so that user data is never deleted.
-    """
-
-    def __init__(self, target: Path):
-        self.target = Path(target)
-
-    def __enter__(self) -> Path:
-        t = self.target
-        _check_folder(t)
-        t.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        for p in self.tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        os.chmod(self.tmp, 0o777 & ~_umask())
-        old = None
-        if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".old", dir=self.target.parent))
-            os.rmdir(old)
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m

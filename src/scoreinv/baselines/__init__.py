@@ -5,7 +5,8 @@ All are torch, batched over (B, ...) measurements, generic over `LinearOperator`
 `Recon` (images (B, 1, H, W), iterations run, method, weight). Regularisation weights are chosen
 on validation data with `choose_weight`.
 """
-from .common import Recon, operator_norm
+from ..physics.norm import operator_norm
+from .common import Recon
 from .iterative import cgls, fbp, sirt, zero_filled
 from .mar import li, nmar
 from .registry import BASELINES, Baseline, WeightChoice, choose_weight, get_baseline, log_grid

@@ -11,7 +11,6 @@ import torch
 
 from ..errors import ScoreinvError, check_range
 from ..physics.base import LinearOperator
-from ..physics.norm import operator_norm  # noqa: F401  (re-exported for the baselines)
 
 NORM_SAFETY = 1.02
 

@@ -18,8 +18,8 @@ import torch
 
 from ..errors import check_range
 from ..physics.base import LinearOperator
-from .common import (NORM_SAFETY, Recon, check_box, check_iters, check_operator, check_weight,
-                     operator_norm, start_image)
+from ..physics.norm import operator_norm
+from .common import NORM_SAFETY, Recon, check_box, check_iters, check_operator, check_weight, start_image
 
 
 def grad(x: torch.Tensor) -> torch.Tensor:

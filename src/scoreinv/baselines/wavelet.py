@@ -21,7 +21,8 @@ import torch
 
 from ..errors import ScoreinvError, check_range
 from ..physics.base import LinearOperator
-from .common import NORM_SAFETY, Recon, check_iters, check_operator, check_weight, operator_norm, start_image
+from ..physics.norm import operator_norm
+from .common import NORM_SAFETY, Recon, check_iters, check_operator, check_weight, start_image
 
 
 @lru_cache(maxsize=64)

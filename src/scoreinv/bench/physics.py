@@ -172,16 +172,3 @@ def run(n: int = 256, n_views: int = 180, repeats: int = 11) -> dict[str, float]
         out[key] = float(torch.linalg.norm(yc - yt) / torch.linalg.norm(yt))
     clear_cache()
     return out
-
-
-def main() -> int:
-    res = run()
-    if res.get("astra_available") == 0.0:
-        print("astra: NOT AVAILABLE (the `astra` module could not be imported); no ASTRA numbers reported")
-    for k, v in res.items():
-        print(f"{k}: {v:.6g}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -71,13 +71,3 @@ def run(batch: int = 8, steps: int = 20, checkpoint: str | None = None) -> dict:
         out[f"{task}_overhead_fraction"] = over / (net + over)
         out[f"{task}_nfe"] = nfe
     return out
-
-
-def main() -> int:
-    from . import emit
-    emit(run())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -82,13 +82,3 @@ def run(preset: str = "ct64", batch_size: int | None = None, steps: int = 4, ove
         out[f"{tag}peak_fraction"] = flops / sec / 1e9 / peak
     out["bf16_speedup"] = out["bf16_train_images_per_s"] / out["train_images_per_s"]
     return out
-
-
-def main() -> int:
-    from . import emit
-    emit(run())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

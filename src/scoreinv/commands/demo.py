@@ -30,8 +30,6 @@ def run(args) -> int:
     import shutil
     from pathlib import Path
 
-    import torch
-
     from ..demo import cases, run_demo
     from ..errors import ScoreinvError
 
@@ -45,7 +43,6 @@ def run(args) -> int:
             raise ScoreinvError(f"--overwrite: {out} holds files the demo did not write ({', '.join(foreign[:3])}); "
                                 f"refusing to delete it")
         shutil.rmtree(out)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     run_demo(out, solver=args.solver, steps=args.steps, num_images=args.num_images,
              checkpoints={"ct64": args.ct_checkpoint, "mri64": args.mri_checkpoint}, seed=args.seed)
     return 0

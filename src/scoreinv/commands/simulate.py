@@ -62,7 +62,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     ct.add_argument("--detector-distance", type=float, help="fan beam: source to detector in mm (default 2 x source)")
     ct.add_argument("--upsample", type=int, default=4, help="CT: projection grid refinement against the inverse "
                     "crime (default 4; 1 = same grid)")
-    ct.add_argument("--mu-max", type=float, default=0.81,
+    ct.add_argument("--mu-max", type=float, default=tasks.MU_MAX,
                     help="CT noise: attenuation (1/cm) of image value 1 (default 0.81 = 3200 HU, the top of the "
                          "[-1024, 3200] HU window: 0.192 x 4.2 /cm)")
     mri = p.add_argument_group("MRI")

@@ -42,12 +42,6 @@ class SparseMatrixCT(LinearOperator):
         self.meas_shape = (geometry.n_views, geometry.n_det)
         self._mats = MatrixCache(geometry, cache)
 
-    def check_image(self, x: torch.Tensor, name: str = "image") -> torch.Tensor:
-        x = super().check_image(x, name)
-        if x.is_complex():
-            raise ScoreinvError(f"{name}: CT images are real; got a complex tensor")
-        return x
-
     def check_measurement(self, y: torch.Tensor, name: str = "sinogram") -> torch.Tensor:
         y = super().check_measurement(y, name)
         if y.is_complex():

@@ -87,12 +87,6 @@ class FourierSliceCT(LinearOperator):
     def _mask(self, ref: torch.Tensor) -> torch.Tensor:
         return self.mask.to(ref.device)
 
-    def check_image(self, x: torch.Tensor, name: str = "image") -> torch.Tensor:
-        x = super().check_image(x, name)
-        if x.is_complex():
-            raise ScoreinvError(f"{name}: CT images are real; got a complex tensor")
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, N, N) -> (B, N, N) complex: Λ ⊙ fft2c(x)."""
         return self.restrict(self.T(self.check_image(x)))

@@ -72,7 +72,7 @@ class Projection:
 
 
 class LikelihoodScore:
-    """score(x, t) + Aᵀ(ŷ − A x)/(r σ(t))²; ŷ = ŷ_t (noisy_y=True, Score SDE) or y (ALD)."""
+    """score(x, t) + Aᵀ(ŷ − A x)/(r² σ(t)² ‖A‖²); ŷ = ŷ_t (noisy_y=True, Score SDE) or y (ALD)."""
 
     def __init__(self, score_fn, op, y, sde, r: float, generator=None, noisy_y: bool = True):
         self.score_fn, self.op, self.y, self.sde, self.generator, self.noisy_y = score_fn, op, y, sde, generator, noisy_y

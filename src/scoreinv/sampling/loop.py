@@ -75,7 +75,7 @@ def pc_loop(score_fn, sde, x: torch.Tensor, times: torch.Tensor, *, predictor: s
                 x, _ = ddim_predictor(counter, sde, x, t, t_next, generator, eta=eta, x0_hook=x0_hook)
             else:
                 x, _ = reverse_diffusion_predictor(counter, sde, x, t, t_next, generator, x_eval=xe)
-        _check_finite(x, i, times)
+            _check_finite(x, i, times)
     nfe = counter.n
     if denoise is not None:
         x = denoise(x, times[-1].expand(b).to(x.device))
