@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench device-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-slow: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	$(BIN)/scoreinv bench
+
+device-check:   # on a CUDA machine: cuda tests, GPU bench, short CT+MRI training -> $$OUT or device_check_out/
+	bash scripts/device_check.sh
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -59,7 +59,7 @@ def run_tune(out: Path, task: str, checkpoints: dict) -> str:
 
 
 def load_presets(out: Path, task: str) -> list:
-    from scoreinv.tune import load_preset
+    from scoreinv.sampling.settings import load_preset
     return [load_preset(f, task=task) for f in sorted((out / "presets").glob(f"{task}-*.yaml"))]
 
 
@@ -78,7 +78,7 @@ def settings(part: str):
                 mask = "variable_density" if acc > 8 else "random"
                 yield dict(task="mri", acceleration=acc, mask=mask, noise=noise), "brain", "mri64", \
                     ["zero_filled", "cs_tv"]
-    elif part == "mar":   # the MAR simulation always carries its Poisson noise (DESIGN.md §2.6)
+    elif part == "mar":   # Poisson noise at the paper's 2e7 photons (docs/design.md §3.3): final projection on
         for views in (None, 23):
             yield dict(task="mar", views=views), "phantoms", "ct64", ["li", "nmar"]
 
@@ -94,6 +94,7 @@ def _row(r: dict) -> str:
 def run_part(part: str, out: Path, n: int, checkpoints: dict, only: str | None = None) -> str:
     from scoreinv.data import build_dataset
     from scoreinv.evaluate import evaluate, model_fingerprint, resolve_methods
+    from scoreinv.sampling.settings import noisy_level
     from scoreinv.score import load_score_model
     from scoreinv.tasks import task_options
 
@@ -113,7 +114,8 @@ def run_part(part: str, out: Path, n: int, checkpoints: dict, only: str | None =
         presets = load_presets(out, o.task)
         for pr in presets:       # the table fixes the budget; a preset brings the tuned parameters
             sets[pr.solver] = {k: v for k, v in sets[pr.solver].items() if k not in pr.params}
-        methods = resolve_methods(classical + SCORE, o.task, sets=sets, presets=presets, noise=o.noise)
+        methods = resolve_methods(classical + SCORE, o.task, sets=sets, presets=presets,
+                                  noisy=noisy_level(o.task, o.noise))
         d = out / part / o.slug()
         summary = evaluate(d, o, build_dataset(data, "test", size), methods, n, data_id=data, split="test",
                            model=model, model_id=model_fingerprint(model), batch_size=n,
@@ -150,7 +152,7 @@ def run_nfe(out: Path, n: int, checkpoints: dict) -> str:
 
 
 def run_paper(out: Path, n: int, checkpoints: dict, only: str | None = None) -> str:
-    """The paper's four solvers at the paper's budget and hyperparameters (DESIGN.md §2.4, untuned:
+    """The paper's four solvers at the paper's budget and hyperparameters (docs/design.md §2.10, untuned:
     1000 levels for projection and baseline, 700 levels x 3 correctors for the Langevin ones),
     CT 10 views and MRI 8x, noise-free."""
     from scoreinv.data import build_dataset

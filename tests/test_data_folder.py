@@ -134,7 +134,7 @@ def test_cli_inspect(cohort, capsys, tmp_path):
     assert "ct0/series" in out and "mr3/t2.nii.gz" in out and "HU" in out and "range" in out
     sizes = build_dataset(cohort, "train", 16).describe()["sizes"]
     assert f"train  {sizes['train']['volumes']:>5} volume(s) {sizes['train']['slices']:>7} slice(s)" in out
-    assert "skipped   1 file(s)" in out
+    assert "skipped 1 file(s): README.txt (not an image file)" in out
     assert main(["data", "inspect", "ellipses", "--size", "16", "--preview", str(tmp_path / "p.png")]) == 0
     out = capsys.readouterr().out
     assert "plain" in out and (tmp_path / "p.png").stat().st_size > 0

@@ -1,5 +1,6 @@
 """`scoreinv eval`: outputs, resume after interruption, refusal of another configuration, bad input."""
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -7,11 +8,12 @@ import pytest
 import torch
 
 from scoreinv import evaluate as E
+from scoreinv.baselines import registry
 from scoreinv.cli import main
 from scoreinv.errors import ScoreinvError
 from scoreinv.metrics import psnr, ssim
+from scoreinv.sampling.settings import Preset, parse_sets
 from scoreinv.sampling.solvers import solver_config
-from scoreinv.tune import Preset
 
 
 
@@ -22,9 +24,9 @@ def ckpt(tiny_checkpoint):
 
 
 def _ct(ckpt, out, *extra, solvers="fbp,tv,projection", n=2):
+    steps = ["--steps", "2"] if "projection" in solvers else []      # --steps needs a score solver
     return ["eval", "--checkpoint", ckpt, "--task", "ct", "--views", "6", "--data", "phantoms", "--solvers", solvers,
-            "--steps", "2", "--num-images", str(n), "--batch-size", "2", "--out", str(out), "--val-images", "2",
-            *extra]
+            *steps, "--num-images", str(n), "--batch-size", "2", "--out", str(out), "--val-images", "2", *extra]
 
 
 def _rows(out):
@@ -132,10 +134,11 @@ def test_mar_and_mri_posterior_samples(ckpt, tmp_path):
 
 def test_method_resolution_precedence_and_errors():
     p = Preset("projection", "ct", {"snr": 0.3, "lam": 0.5, "steps": 7}, source="p.yaml")
-    ms = E.resolve_methods("tv,projection", "ct", steps=3, sets=E.parse_sets(["projection.lam=0.9"]), presets=[p])
+    ms = E.resolve_methods("tv,projection", "ct", steps=3, sets=parse_sets(["projection.lambda=0.9"]), presets=[p])
     proj = ms[1].params
     assert (proj["snr"], proj["lam"], proj["steps"]) == (0.3, 0.9, 3) and ms[0].params == {}
-    noisy = E.resolve_methods(["projection"], "ct", noise=1e4)[0].params
+    assert "preset p.yaml: snr; --steps: steps; --set: lam" in ms[1].origin
+    noisy = E.resolve_methods(["projection"], "ct", noisy=True)[0].params
     assert noisy["final_projection"] is False
     assert E.resolve_methods(["projection"], "mri")[0].params["snr"] == 0.517   # task preset
     with pytest.raises(ScoreinvError, match="unknown solver.*li: not a ct method"):
@@ -143,17 +146,91 @@ def test_method_resolution_precedence_and_errors():
     with pytest.raises(ScoreinvError, match="unknown solver"):
         E.resolve_methods("fbp,magic", "ct")
     with pytest.raises(ScoreinvError, match="not among the solvers"):
-        E.resolve_methods("fbp", "ct", sets=E.parse_sets(["tv.weight=1"]))
+        E.resolve_methods("fbp", "ct", sets=parse_sets(["tv.weight=1"]))
     with pytest.raises(ScoreinvError, match="one parameter, weight"):
-        E.resolve_methods("tv", "ct", sets=E.parse_sets(["tv.iters=1"]))
-    with pytest.raises(ScoreinvError, match="lam"):
-        E.resolve_methods("projection", "ct", sets=E.parse_sets(["solver.lam=2"]))
+        E.resolve_methods("tv", "ct", sets=parse_sets(["tv.iters=1"]))
+    with pytest.raises(ScoreinvError, match="--set solver.lam = 2 is outside"):
+        E.resolve_methods("projection", "ct", sets=parse_sets(["solver.lam=2"]))
     with pytest.raises(ScoreinvError, match="tuned for task 'ct'"):
         E.resolve_methods("projection", "mri", presets=[p])
-    with pytest.raises(ScoreinvError, match="TARGET.PARAM=VALUE"):
-        E.parse_sets(["snr=0.3"])
-    with pytest.raises(ScoreinvError, match="--steps"):
+    with pytest.raises(ScoreinvError, match="TARGET.KEY=VALUE"):
+        parse_sets(["snr=0.3"])
+    with pytest.raises(ScoreinvError, match="--steps = 0: expected a positive integer"):
         E.resolve_methods("projection", "ct", steps=0)
+    with pytest.raises(ScoreinvError, match="--steps 5: no score solver"):
+        E.resolve_methods("fbp,tv", "ct", steps=5)
+    with pytest.raises(ScoreinvError, match="solver.zeta: not a parameter of projection, dds"):
+        E.resolve_methods("projection,dds", "ct", sets=parse_sets(["solver.zeta=0.5"]))
+    with pytest.raises(ScoreinvError, match="--set projection.eta: solver projection has no parameter 'eta'"):
+        E.resolve_methods("projection,dds", "ct", sets=parse_sets(["projection.eta=0.5"]))
+    with pytest.raises(ScoreinvError, match=r"--set tv.weight = 'abc': expected a positive number"):
+        E.resolve_methods("tv", "ct", sets=parse_sets(["tv.weight=abc"]))
+    with pytest.raises(ScoreinvError, match="--set sirt.iters = 2.5: expected a positive integer"):
+        E.resolve_methods("sirt", "ct", sets=parse_sets(["sirt.iters=2.5"]))
+    assert E.resolve_methods("tv", "ct", sets=parse_sets(["tv.weight=1e-3"]))[0].params == {"weight": 1e-3}
+    # solver.KEY reaches the solvers that use it: eta only dds
+    ms = E.resolve_methods("projection,dds", "ct", sets=parse_sets(["solver.eta=0.5", "solver.steps=4"]))
+    assert ms[1].params["eta"] == 0.5 and ms[0].params["eta"] == 0.85 and ms[0].params["steps"] == 4
+
+
+def test_weight_search_resumes_after_the_last_saved_candidate(ckpt, tmp_path, monkeypatch):
+    """A kill during the TV weight search loses at most the candidate being computed: the rerun
+    computes only the candidates not yet saved, and chooses what an uninterrupted search chooses."""
+    real = registry.BASELINES["tv"]
+    grid = real.default_grid
+    calls = []
+
+    def counting(limit=None):
+        def fn(op, y, **kw):
+            calls.append(kw["weight"])
+            if limit is not None and len(calls) > limit:
+                raise KeyboardInterrupt
+            return real.fn(op, y, **kw)
+        return fn
+
+    args = _ct(ckpt, tmp_path / "ev", solvers="fbp,tv", n=1)
+    monkeypatch.setitem(registry.BASELINES, "tv", dataclasses.replace(real, fn=counting(limit=3)))
+    assert main(args) == 130
+    saved = json.loads((tmp_path / "ev" / "weights.json").read_text())
+    (entry,) = saved.values()
+    assert [w for w, _ in entry["tv"]["partial"]["scores"]] == list(grid[:3])
+    calls.clear()
+    monkeypatch.setitem(registry.BASELINES, "tv", dataclasses.replace(real, fn=counting()))
+    assert main(args) == 0
+    resumed = next(iter(json.loads((tmp_path / "ev" / "weights.json").read_text()).values()))["tv"]
+    # only the remaining candidates, then the test image with the chosen weight
+    assert calls == [*grid[3:], resumed["value"]]
+    calls.clear()
+    assert main(_ct(ckpt, tmp_path / "fresh", solvers="fbp,tv", n=1)) == 0
+    fresh = next(iter(json.loads((tmp_path / "fresh" / "weights.json").read_text()).values()))["tv"]
+    assert calls == [*grid, fresh["value"]] and resumed == fresh
+
+
+def test_out_folder_of_something_else_is_refused(ckpt, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text("my own notes")
+    args = ["--solvers", "fbp", "--num-images", "1"]
+    for out, msg in ((mine, "holds no evaluation record (eval.json)"),
+                     (tmp_path / "file", "is not a folder")):
+        (tmp_path / "file").write_text("x")
+        argv = ["eval", "--task", "ct", "--views", "6", "--data", "phantoms", "--image-size", "16", *args,
+                "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert msg in err and str(out) in err
+    assert (mine / "summary.json").read_text() == "my own notes"
+    ev = tmp_path / "ev"
+    base = ["eval", "--task", "ct", "--views", "6", "--data", "phantoms", "--image-size", "16", *args, "--out", str(ev)]
+    assert main(base) == 0
+    (ev / ".summary.json.abc.tmp").write_text("")           # an atomic write cut short: still ours
+    assert main(base) == 0
+    summary = json.loads((ev / "summary.json").read_text())
+    env = summary[0]["environment"]
+    assert env["threads"] == torch.get_num_threads() and env["torch"] == torch.__version__ and env["device"] == "cpu"
+    (ev / "notes.txt").write_text("mine")
+    assert main(base) == 2
+    assert "files an evaluation does not write (notes.txt)" in capsys.readouterr().err
 
 
 def test_bad_input(ckpt, tmp_path, capsys):

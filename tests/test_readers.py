@@ -101,7 +101,7 @@ def test_dicom_without_image_is_skipped(tmp_path):
     ds.save_as(tmp_path / "p" / "report", enforce_file_format=True)       # no suffix: found by its marker
     refs, skipped = scan(tmp_path)
     assert len(refs) == 1 and refs[0].shape == (2, 16, 12)
-    assert [p.name for p in skipped] == ["report"]
+    assert [(s.path.name, s.reason) for s in skipped] == [("report", "DICOM object without an image")]
     with pytest.raises(ScoreinvError, match="without an image"):
         read_volume(tmp_path / "p" / "report")
 
@@ -177,7 +177,7 @@ def test_hdf5_recon_space_crop_and_errors(tmp_path):
     assert vol.data.shape == (2, 6, 4) and vol.meta["cropped"] is True
     np.testing.assert_allclose(vol.data, 5.0, rtol=1e-4)
     with h5py.File(tmp_path / "other.h5", "w") as f:
-        f["images"] = np.zeros((2, 4, 4))
+        f["images"] = np.arange(32.0).reshape(2, 4, 4)
     with pytest.raises(ScoreinvError, match="h5_key"):
         read_volume(tmp_path / "other.h5")
     assert read_volume(tmp_path / "other.h5", key="images").data.shape == (2, 4, 4)

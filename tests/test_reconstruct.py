@@ -11,6 +11,7 @@ from scoreinv.errors import ScoreinvError
 from scoreinv.physics.measurements import load_measurements
 from scoreinv.reconstruct import plan
 from scoreinv.sampling import solvers
+from scoreinv.sampling.settings import parse_sets
 from scoreinv.score import read_checkpoint
 
 SPACING = 0.661468           # CT_small.dcm: 128 x 128 pixels of 0.661468 mm
@@ -82,11 +83,11 @@ def test_npy_nifti_png_round_trip_and_seed(model, ct_series, tmp_path):
     img = nib.load(tmp_path / "v.nii.gz")
     vol = img.get_fdata()
     assert vol.shape == (16, 16, 2)
-    for k in range(2):   # HU, slice k = rot90(vol[:, :, k])
-        np.testing.assert_allclose(np.rot90(vol[:, :, k]), a[k] * 4224.0 - 1024.0, rtol=1e-5, atol=1e-2)
-    # voxel (i, j, k) = pixel (row 15 - j, column i) of slice k, at the DICOM position (LPS -> RAS)
+    for k in range(2):   # HU; RAS storage: slice k = vol[::-1, ::-1, k].T (rows A->P, columns R->L)
+        np.testing.assert_allclose(vol[::-1, ::-1, k].T, a[k] * 4224.0 - 1024.0, rtol=1e-5, atol=1e-2)
+    # voxel (i, j, k) = pixel (row 15 - j, column 15 - i) of slice k, at the DICOM position (LPS -> RAS)
     for i, j, k in [(0, 0, 0), (3, 7, 1), (15, 15, 1)]:
-        lps = expected_position(src[k]) + np.array([i, 15 - j, 0]) * SPACING * F
+        lps = expected_position(src[k]) + np.array([15 - i, 15 - j, 0]) * SPACING * F
         np.testing.assert_allclose(img.affine @ [i, j, k, 1], [-lps[0], -lps[1], lps[2], 1], atol=1e-3)
     assert recon(model, meas, tmp_path / "g.png", "--solver", "projection") == 0
     with Image.open(tmp_path / "g.png") as im:   # a grid of the two slices
@@ -126,7 +127,8 @@ def test_dicom_output_keeps_geometry_and_writes_hu(model, ct_series, tmp_path):
     assert recon(model, meas, tmp_path / "s.dcm", "--solver", "dds", "--slices", "1") == 0
     one = pydicom.dcmread(tmp_path / "s.dcm")
     np.testing.assert_allclose([float(v) for v in one.ImagePositionPatient], expected_position(src[1]), atol=1e-3)
-    assert recon(model, meas, tmp_path / "r.dcm", "--solver", "dds", "--seed", "1") == 0
+    assert recon(model, meas, tmp_path / "r.dcm", "--solver", "dds", "--seed", "1") == 2   # exists
+    assert recon(model, meas, tmp_path / "r.dcm", "--solver", "dds", "--seed", "1", "--overwrite") == 0
     assert len(list((tmp_path / "r").iterdir())) == 2
     assert pydicom.dcmread(tmp_path / "r" / "IM_0001.dcm").SeriesInstanceUID != out[0].SeriesInstanceUID
 
@@ -143,6 +145,13 @@ def test_samples_write_mean_and_std(model, mri_meas, tmp_path, capsys):
     assert f"NFE per slice: {3 * nfe} (3 x {nfe})" in text and "PSNR" in text and "SSIM" in text
     rec = json.loads(report.read_text())
     assert rec["nfe_per_slice"] == 3 * nfe and rec["samples"] == 3 and len(rec["metrics"]["psnr"]) == 1
+    env = rec["environment"]
+    assert env["threads"] == torch.get_num_threads() and env["torch"] == torch.__version__ and env["device"] == "cpu"
+    ref = "reference mri/projection"
+    assert env["scoreinv"] and rec["settings_origin"] == {"lam": ref, "snr": ref, "final_projection": "noise-free data",
+                                                          "steps": "--steps"}
+    assert "solver projection (steps 2," in text
+    assert f"from {ref}: lam, snr; noise-free data: final_projection; --steps: steps" in text
     assert recon(model, mri_meas, tmp_path / "m.png", "--solver", "dds", "--samples", "2") == 0
     assert (tmp_path / "m_std.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -167,7 +176,7 @@ def test_lambda_one_gives_data_consistency(model, mri_meas, ct_series, tmp_path)
     # CT on the Fourier-slice decomposition: exact consistency with the converted data
     meas, _ = ct_series
     assert recon(model, meas, tmp_path / "ct.npy", "--solver", "projection", "--ct-operator", "fourier",
-                 "--set", "lambda=1") == 0
+                 "--set", "solver.lambda=1") == 0
     mc = load_measurements(meas)
     fop, yf = fourier_from_parallel(mc.operator(), mc.y)
     yh = fop.hermitian_part(yf)
@@ -218,11 +227,18 @@ def test_bad_inputs_fail_before_sampling(model, mri_meas, tmp_path, capsys, no_s
     good = ["--checkpoint", model, "--measurements", str(mri_meas), "--solver", "projection"]
     cases = [
         (["--measurements", str(big)], "24x24 images, but checkpoint"),
-        (["--solver", "nope"], "unknown solver 'nope'"),
-        (["--set", "solver.lam=1.5"], "outside its valid range [0, 1]"),
-        (["--set", "solver.snr=-0.1"], "solver.snr = -0.1 is outside"),
-        (["--set", "solver.lam=abc"], "expected a value of type float"),
+        (["--solver", "nope"], "unknown --solver 'nope'"),
+        (["--set", "solver.lam=1.5"], "--set solver.lam = 1.5 is outside its valid range [0, 1]"),
+        (["--set", "solver.snr=-0.1"], "--set solver.snr = -0.1 is outside"),
+        (["--set", "solver.lam=abc"], "--set solver.lam = 'abc': expected a finite number"),
+        (["--set", "solver.steps=2.5"], "--set solver.steps = 2.5: expected a positive integer"),
+        (["--set", "solver.final_projection=maybe"], "expected true or false"),
         (["--set", "solver.bogus=1"], "unknown solver parameter"),
+        (["--set", "solver.eta=0.5"], "not a parameter of projection"),
+        (["--set", "dds.eta=0.5"], "'dds' is not a target here"),
+        (["--set", "snr=0.2"], "expected TARGET.KEY=VALUE"),
+        (["--steps", "0"], "--steps = 0: expected a positive integer"),
+        (["--preset", "reference"], "give --solver"),
         (["--checkpoint", str(tmp_path / "noema.pt")], "EMA"),
         (["--measurements", str(tmp_path / "v2.npz")], "format version 2 is not supported"),
         (["--measurements", str(tmp_path / "nan.npz")], "NaN"),
@@ -235,6 +251,8 @@ def test_bad_inputs_fail_before_sampling(model, mri_meas, tmp_path, capsys, no_s
     ]
     for extra, msg in cases:
         args = dict(zip(good[::2], good[1::2]))
+        if extra[:2] == ["--preset", "reference"]:
+            del args["--solver"]
         args["--out"] = str(tmp_path / "out.npy")
         rest = []
         for i in range(0, len(extra), 2):
@@ -252,13 +270,59 @@ def test_bad_inputs_fail_before_sampling(model, mri_meas, tmp_path, capsys, no_s
 def test_preset_file_and_overrides(model, mri_meas, tmp_path):
     p = tmp_path / "tuned.yaml"
     p.write_text("solver: projection\ntask: mri\nparams: {snr: 0.3, lam: 0.75}\n")
-    pl = plan(model, str(mri_meas), str(tmp_path / "o.npy"), preset=str(p), overrides={"solver.snr": 0.2})
+    pl = plan(model, str(mri_meas), str(tmp_path / "o.npy"), preset=str(p), sets=parse_sets(["solver.snr=0.2"]))
     assert pl.cfg.name == "projection" and pl.cfg.lam == 0.75 and pl.cfg.snr == 0.2
-    assert pl.cfg.final_projection is True        # noise-free data
+    assert pl.cfg.final_projection is True and pl.cfg.steps == 1000   # noise-free data; reference steps
+    assert pl.settings.origin["lam"] == f"preset {p}" and pl.settings.origin["snr"] == "--set"
     with pytest.raises(ScoreinvError, match="differs from the preset"):
         plan(model, str(mri_meas), str(tmp_path / "o.npy"), solver="dds", preset=str(p))
     with pytest.raises(ScoreinvError, match="give --solver"):
         plan(model, str(mri_meas), str(tmp_path / "o.npy"))
+
+
+def test_outputs_are_never_overwritten_by_surprise(model, mri_meas, ct_series, tmp_path, capsys, no_sampling):
+    """An existing output, its _std map, a DICOM series folder or the --report file is refused
+    without --overwrite, the measurement file itself always; all before any sampling."""
+    meas, _ = ct_series
+    (tmp_path / "r.npy").write_bytes(b"mine")
+    (tmp_path / "m_std.png").write_bytes(b"mine")
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "IM_0001.dcm").write_bytes(b"old")
+    (tmp_path / "notes.json").write_text("{}")
+    (tmp_path / "meas.npy").write_bytes(mri_meas.read_bytes())        # any name is read as measurements
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    cases = [
+        (mri_meas, tmp_path / "r.npy", [], "r.npy: exists; pass --overwrite"),
+        (mri_meas, tmp_path / "m.png", ["--samples", "2"], "m_std.png: exists; pass --overwrite"),
+        (meas, tmp_path / "series.dcm", [], "the DICOM series folder"),
+        (mri_meas, tmp_path / "new.npy", ["--report", str(tmp_path / "notes.json")], "--report"),
+        (mri_meas, tmp_path / "new.npy", ["--report", str(tmp_path / "new.npy")], "is the input file"),
+        (tmp_path / "meas.npy", tmp_path / "sub" / ".." / "meas.npy", ["--overwrite"], "is the input file"),
+        (mri_meas, tmp_path / "new.npy", ["--report", str(mri_meas), "--overwrite"], "is the input file"),
+        (mri_meas, tmp_path / "ro" / "x.npy", [], "cannot write in"),
+    ]
+    import os
+    if os.geteuid() == 0:                    # root writes anywhere: no permission to refuse
+        cases.pop()
+    for m, out, extra, msg in cases:
+        argv = ["reconstruct", "--checkpoint", model, "--measurements", str(m), "--out", str(out),
+                "--solver", "dds", "--no-progress", *extra]
+        assert main(argv) == 2, (out, extra)
+        assert msg in capsys.readouterr().err, (out, extra)
+    assert (tmp_path / "r.npy").read_bytes() == b"mine" and (tmp_path / "m_std.png").read_bytes() == b"mine"
+    assert (tmp_path / "series" / "IM_0001.dcm").read_bytes() == b"old"
+    assert (tmp_path / "notes.json").read_text() == "{}" and not (tmp_path / "new.npy").exists()
+    assert (tmp_path / "meas.npy").read_bytes() == mri_meas.read_bytes()
+    # --overwrite passes the check (sampling is what no_sampling stops) for files and earlier series
+    for m, out in ((mri_meas, tmp_path / "r.npy"), (meas, tmp_path / "series.dcm")):
+        with pytest.raises(AssertionError, match="sampling started"):
+            main(["reconstruct", "--checkpoint", model, "--measurements", str(m), "--out", str(out),
+                  "--solver", "dds", "--no-progress", "--overwrite"])
+    (tmp_path / "series" / "notes.txt").write_text("user data")   # not an earlier output: never replaced
+    assert main(["reconstruct", "--checkpoint", model, "--measurements", str(meas), "--out",
+                 str(tmp_path / "series.dcm"), "--solver", "dds", "--overwrite"]) == 2
+    assert "not an earlier DICOM output" in capsys.readouterr().err
 
 
 # --- writers and the source record ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""SDEs against closed forms (DESIGN.md §2.1)."""
+"""SDEs against closed forms (docs/design.md §2.1)."""
 import math
 
 import pytest

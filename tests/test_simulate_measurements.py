@@ -77,15 +77,44 @@ def test_bad_files(tmp_path):
     with pytest.raises(ScoreinvError, match="junk.npz"):
         load_measurements(tmp_path / "junk.npz")
     # operator problems surface when rebuilding
-    m = load_measurements(_rewrite(p, tmp_path / "o.npz", operator=np.array(json.dumps({"kind": "spect"}))))
-    with pytest.raises(ScoreinvError, match="unknown operator kind 'spect'"):
-        m.operator()
+    with pytest.raises(ScoreinvError, match="does not match its operator kind 'spect'"):
+        load_measurements(_rewrite(p, tmp_path / "o.npz", operator=np.array(json.dumps({"kind": "spect"}))))
     m = load_measurements(_rewrite(p, tmp_path / "d.npz", drop=("op_mask",)))
     with pytest.raises(ScoreinvError, match="op_mask"):
         m.operator()
     m = load_measurements(_rewrite(p, tmp_path / "s.npz", op_mask=np.ones((8, 8), dtype=bool)))
     with pytest.raises(ScoreinvError, match="image_size"):
         m.operator()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"noise": np.array(json.dumps({"model": "gaussian", "level": -0.1}))}, "noise level -0.1"),
+    ({"noise": np.array(json.dumps({"model": "gaussian", "level": "high"}))}, "noise level 'high'"),
+    ({"noise": np.array(json.dumps({"model": "rician", "level": 0.1}))}, "unknown noise model 'rician'"),
+    ({"task": np.array("ct")}, "task 'ct' does not match its operator kind 'cartesian_mri'"),
+    ({"task": np.array("mar")}, "task 'mar' does not match"),
+    ({"measurements": np.ones((3, 16, 16), dtype=np.float32)}, "MRI measurements must be complex"),
+    ({"ground_truth": np.full((3, 1, 16, 16), np.nan, dtype=np.float32)}, "finite float images"),
+])
+def test_contents_checked_on_load(tmp_path, change, message):
+    """Keys that disagree with each other are refused when the file is read (not deep in a solver)."""
+    p, *_ = _mri_file(tmp_path)
+    with pytest.raises(ScoreinvError, match=message):
+        load_measurements(_rewrite(p, tmp_path / "bad.npz", **change))
+
+
+def test_real_sinogram_task_checked(tmp_path):
+    from scoreinv.physics.ct import ParallelBeamCT
+    from scoreinv.physics.geometry import ParallelGeometry, dense_angles
+    op = ParallelBeamCT(ParallelGeometry(16, dense_angles(8)))
+    x = torch.rand(1, 1, 16, 16)
+    p = tmp_path / "ct.npz"
+    save_measurements(p, "ct", op, op.forward(x), {"model": "none", "level": 0.0})
+    assert load_measurements(p).task == "ct"
+    with pytest.raises(ScoreinvError, match="CT measurements must be real"):
+        load_measurements(_rewrite(p, tmp_path / "c.npz", measurements=op.forward(x).numpy().astype(np.complex64)))
+    with pytest.raises(ScoreinvError, match="task 'mri' does not match"):
+        save_measurements(tmp_path / "x.npz", "mri", op, op.forward(x), {"model": "none", "level": 0.0})
 
 
 def test_save_validates(tmp_path):

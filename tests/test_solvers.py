@@ -183,7 +183,7 @@ def test_dps_moves_samples_to_the_posterior():
 
 
 def test_non_integer_step_counts_are_refused():
-    with pytest.raises(ScoreinvError, match="expected an integer"):
+    with pytest.raises(ScoreinvError, match=r"solver.steps = 10.5: expected a positive integer"):
         solver_config("projection", steps=10.5)
 
 
@@ -207,3 +207,15 @@ def test_a_chain_that_blows_up_stops_with_diverged_naming_the_level():
     calls["n"] = 0
     with pytest.raises(Diverged, match="noise level 4 of 10"):      # corrector only: 2 evaluations per level
         solve(model, op, y, solver_config("langevin", steps=10, corrector_steps=2, r=0.5))
+
+
+def test_device_generator_is_seeded_from_the_cpu_generator():
+    """The step noise of a GPU run comes from a device generator seeded from the run's CPU
+    generator, so it repeats with the seed (checked here on the CPU device)."""
+    from scoreinv.sampling.solvers import device_generator
+    a = device_generator(torch.Generator().manual_seed(5), "cpu")
+    b = device_generator(torch.Generator().manual_seed(5), "cpu")
+    c = device_generator(torch.Generator().manual_seed(6), "cpu")
+    assert torch.equal(torch.randn(8, generator=a), torch.randn(8, generator=b))
+    assert not torch.equal(torch.randn(8, generator=b), torch.randn(8, generator=c))
+    assert device_generator(None, "cpu") is None

@@ -76,7 +76,8 @@ def test_sigkill_during_training_and_checkpoint_writes_resumes(tmp_path):
     between writes; every restart resumes from the last good meta-checkpoint and the step
     counter continues."""
     wd = tmp_path / "run"
-    sets = [a for kv in TINY + ["train.meta_every=1", "train.checkpoint_every=100000"] for a in ("--set", kv)]
+    sets = [a for kv in TINY + ["train.meta_every=1", "train.checkpoint_every=100000", "val.every=0"]
+            for a in ("--set", kv)]
     args = ["train", "--config", "ct64", "--workdir", str(wd), "--data", "ellipses", "--no-progress", *sets,
             "--max-steps"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -7,6 +7,7 @@ import yaml
 from scoreinv import tune as T
 from scoreinv.cli import main
 from scoreinv.errors import Diverged, ScoreinvError
+from scoreinv.sampling import settings as S
 from scoreinv.sampling.solvers import solver_config
 
 
@@ -52,30 +53,30 @@ def test_search_space_bound_overrides():
         T.search_space("langevin", "ct", base, {"snr": (0.5, 0.1)})
     with pytest.raises(ScoreinvError, match="log scale"):
         T.search_space("langevin", "ct", base, {"r": (0.0, 2.0)})
-    with pytest.raises(ScoreinvError, match="λ"):       # λ above 1 is not a valid solver parameter
+    with pytest.raises(ScoreinvError, match=r"--bound lam = 1.5 is outside its valid range \[0, 1\]"):
         T.search_space("projection", "ct", solver_config("projection", "ct"), {"lam": (0.5, 1.5)})
 
 
 def test_preset_roundtrip_and_errors(tmp_path):
     p = tmp_path / "p.yaml"
-    T.write_preset(p, T.Preset("dds", "mri", {"lam": 0.7, "eta": 0.5, "steps": 20}, {"ssim": 0.9}))
-    got = T.load_preset(p, solver="dds", task="mri")
+    S.write_preset(p, S.Preset("dds", "mri", {"lam": 0.7, "eta": 0.5, "steps": 20}, {"ssim": 0.9}))
+    got = S.load_preset(p, solver="dds", task="mri")
     assert got.params == {"lam": 0.7, "eta": 0.5, "steps": 20} and got.meta["ssim"] == 0.9
     with pytest.raises(ScoreinvError, match="not 'projection'"):
-        T.load_preset(p, solver="projection")
+        S.load_preset(p, solver="projection")
     with pytest.raises(ScoreinvError, match="tuned for task 'mri'"):
-        T.load_preset(p, task="ct")
+        S.load_preset(p, task="ct")
     with pytest.raises(ScoreinvError, match="no such file"):
-        T.load_preset(tmp_path / "none.yaml")
+        S.load_preset(tmp_path / "none.yaml")
     (tmp_path / "bad.yaml").write_text("solver: [unclosed")
     with pytest.raises(ScoreinvError, match="not a readable YAML"):
-        T.load_preset(tmp_path / "bad.yaml")
+        S.load_preset(tmp_path / "bad.yaml")
     (tmp_path / "lam.yaml").write_text(yaml.safe_dump({"solver": "projection", "task": "ct", "params": {"lam": 2}}))
     with pytest.raises(ScoreinvError, match="lam"):
-        T.load_preset(tmp_path / "lam.yaml")
+        S.load_preset(tmp_path / "lam.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ScoreinvError, match="solver, task and params"):
-        T.load_preset(tmp_path / "list.yaml")
+        S.load_preset(tmp_path / "list.yaml")
 
 
 def test_interrupted_study_resumes_with_its_trials(ckpt, tmp_path, monkeypatch):
@@ -107,7 +108,7 @@ def test_interrupted_study_resumes_with_its_trials(ckpt, tmp_path, monkeypatch):
     assert len(done) == 5 and [(t.number, t.params, t.value) for t in done[:3]] == first
     assert [t.params for t in done[3:]] == gp
     best = max(done, key=lambda t: t.value)
-    preset = T.load_preset(tmp_path / "best.yaml", solver="projection", task="ct")
+    preset = S.load_preset(tmp_path / "best.yaml", solver="projection", task="ct")
     assert preset.params == {"steps": 2, **best.params} and preset.meta["ssim"] == pytest.approx(best.value)
     assert preset.meta["trials"] == 5
     assert main(_args(ckpt, tmp_path, 5)) == 0                   # nothing left to do
@@ -166,7 +167,7 @@ def test_refusals(ckpt, tmp_path, capsys):
     assert "unknown --metric 'nmse'" in capsys.readouterr().err
     bad = _args(ckpt, tmp_path, 1)
     bad[bad.index("--solver") + 1] = "tv"
-    assert main(bad) == 2 and "unknown solver 'tv'" in capsys.readouterr().err
+    assert main(bad) == 2 and "unknown --solver 'tv'" in capsys.readouterr().err
     assert main(_args(ckpt, tmp_path, 1, "--num-images", "65")) == 2   # phantoms val split: 64 images
     assert "holds only 64" in capsys.readouterr().err
     assert main(_args(ckpt, tmp_path, 1, "--storage", "study.db")) == 2
@@ -184,3 +185,22 @@ def test_refusals(ckpt, tmp_path, capsys):
     assert "not 'eta'" in capsys.readouterr().err
     assert main(_args(ckpt, tmp_path, 1, "--bound", "snr=0,1", "--bound", "snr=0,2")) == 2
     assert "given twice" in capsys.readouterr().err
+
+
+def test_out_that_is_not_the_studys_preset_is_refused(ckpt, tmp_path, capsys):
+    """tune replaces its own preset on resume; any other existing file needs --overwrite, and the
+    check comes before any trial (no study is created)."""
+    out = tmp_path / "best.yaml"
+    out.write_text("my notes\n")
+    assert main(_args(ckpt, tmp_path, 1)) == 2
+    assert "is not the preset of study 's'" in capsys.readouterr().err
+    assert out.read_text() == "my notes\n" and not (tmp_path / "db").exists()
+    S.write_preset(out, S.Preset("projection", "ct", {"snr": 0.1}, {"study": "other", "trials": 1}))
+    assert main(_args(ckpt, tmp_path, 1)) == 2 and "study 's'" in capsys.readouterr().err
+    assert main(_args(ckpt, tmp_path, 1, "--overwrite")) == 0
+    assert S.load_preset(out).meta["study"] == "s"
+    assert main(_args(ckpt, tmp_path, 2)) == 0                  # its own preset: replaced on resume
+    assert S.load_preset(out).meta["trials"] == 2
+    db = tmp_path / "db" / "study.db"
+    assert main(_args(ckpt, tmp_path, 2, "--out", str(db), "--overwrite")) == 2
+    assert "is the input file" in capsys.readouterr().err

@@ -35,6 +35,45 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         raise
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_new_output(path: str | os.PathLike, *, overwrite: bool, flag: str = "--out", inputs=(),
+                     side_files=()) -> Path:
+    """The one check of an output location, run before any computation.
+
+    Refuses (ScoreinvError naming `flag` and the path): an output equal to one of `inputs`
+    (always, even with `overwrite`); an existing output or side file (e.g. the `_std` map) unless
+    `overwrite`; a folder where a file is expected; a location whose nearest existing folder is
+    not writable. Returns `Path(path)`.
+    """
+    from .errors import ScoreinvError
+
+    path = Path(path)
+    targets = [path, *map(Path, side_files)]
+    for t in targets:
+        for i in inputs:
+            if i is not None and _same_file(t, Path(i)):
+                raise ScoreinvError(f"{flag} {t}: is the input file {i}; choose another output name")
+    for t in targets:
+        if t.is_dir():
+            raise ScoreinvError(f"{flag} {t}: is a folder; expected a file name")
+        if t.exists() and not overwrite:
+            raise ScoreinvError(f"{flag} {t}: exists; pass --overwrite to replace it")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ScoreinvError(f"{flag} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ScoreinvError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+    return path
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)

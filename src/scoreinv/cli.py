@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     except ScoreinvError as e:
         print(f"scoreinv {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file system refusal is the user's to fix: one line naming the path
+        where = e.filename if e.filename is not None else ""
+        print(f"scoreinv {args.command}: error: {where}{': ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"scoreinv {args.command}: interrupted", file=sys.stderr)
         return 130

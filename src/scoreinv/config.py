@@ -1,4 +1,4 @@
-"""Typed configuration: the only module that reads configuration (DESIGN.md §5).
+"""Typed configuration: the only module that reads configuration (docs/design.md §8.1).
 
 Structured OmegaConf configs built from dataclasses; YAML presets live in `configs/`
 (also packaged as `scoreinv/configs`). Dotted command-line overrides (`model.nf=64`) are
@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ScoreinvError
+from .errors import ScoreinvError, check_int, check_range
 
 
 @dataclass
@@ -62,13 +62,20 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = 32
     max_steps: int = 100000
+    max_minutes: float = 0.0         # also stop after this many minutes of one call (0: no limit)
     lr: float = 2e-4
     beta1: float = 0.9
     eps: float = 1e-8
     weight_decay: float = 0.0
-    warmup: int = 5000
+    warmup: int = 5000               # linear warm-up steps (optim.lr_at)
+    lr_schedule: str = "rsqrt"       # constant | rsqrt | cosine, after the warm-up (optim.lr_at)
+    lr_ref_steps: int = 10000        # rsqrt: lr / sqrt(max(step / lr_ref_steps, 1))
+    lr_decay_steps: int = 0          # cosine: steps at which lr reaches lr_min_ratio * lr (0: max_steps)
+    lr_min_ratio: float = 0.05       # cosine: final lr / lr
     grad_clip: float = 1.0
-    ema_rate: float = 0.999
+    ema_rate: float = 0.999          # fixed per-step EMA decay, used when ema_halflife_kimg = 0
+    ema_halflife_kimg: float = 500.0  # EMA half-life in thousands of training images (0: use ema_rate)
+    ema_rampup: float = 0.05         # half-life at most this fraction of the images seen (0: no ramp-up)
     loss_weighting: str = "score"    # score (paper: ||sigma s + z||^2) | edm
     likelihood_weighting: bool = False
     log_every: int = 50
@@ -79,8 +86,24 @@ class TrainConfig:
     snapshot_steps: int = 200
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda
-    bf16: bool = False               # bfloat16 autocast
+    precision: str = "auto"          # auto | fp32 | bf16 (autocast); auto: measured once per machine
+    bf16: bool = False               # old spelling of precision: bf16 (kept so old checkpoints load)
+    channels_last: str = "auto"      # auto | on | off: channels-last memory format
+    compile: str = "auto"            # auto | on | off: torch.compile of the network
+    data_workers: int = -1           # processes generating batches ahead (0: inline; -1: auto)
     num_threads: int = 0             # torch intra-op threads (0: torch default)
+
+
+@dataclass
+class ValConfig:
+    """Validation during training (validation.py): denoising error at fixed noise levels on
+    held-out images, and one fast reconstruction PSNR."""
+    every: int = 500                 # validate every N steps (0: never)
+    images: int = 16                 # validation images for the denoising error
+    sigmas: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5, 2.0, 10.0])
+    recon_task: str = "auto"         # auto (mri for brain data, else ct) | ct | mri | none
+    recon_images: int = 4            # images for the reconstruction PSNR
+    recon_steps: int = 20            # dds steps of that reconstruction
 
 
 @dataclass
@@ -96,6 +119,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    val: ValConfig = field(default_factory=ValConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
@@ -139,8 +163,17 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
         if "=" not in ov:
             raise ScoreinvError(f"override {ov!r} must look like key.sub=value")
         cfg = _wrap(lambda: OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov])), f"override {ov!r}")
+    _normalise_switches(cfg)
     validate(cfg)
     return cfg
+
+
+def _normalise_switches(cfg) -> None:
+    """YAML reads on/off/true/false as booleans, which a string field stores as 'True'/'False':
+    train.channels_last and train.compile take them all as on/off."""
+    for k in ("channels_last", "compile"):
+        v = str(cfg.train[k])
+        cfg.train[k] = {"true": "on", "false": "off"}.get(v.lower(), v)
 
 
 def from_dict(d: dict):
@@ -168,6 +201,11 @@ def validate(cfg) -> None:
         ("model.embedding_type", m.embedding_type, ("fourier", "positional")),
         ("train.loss_weighting", t.loss_weighting, ("score", "edm")),
         ("train.device", t.device, ("auto", "cpu", "cuda")),
+        ("train.lr_schedule", t.lr_schedule, LR_SCHEDULES),
+        ("train.precision", t.precision, ("auto", "fp32", "bf16")),
+        ("train.channels_last", t.channels_last, ("auto", "on", "off")),
+        ("train.compile", t.compile, ("auto", "on", "off")),
+        ("val.recon_task", cfg.val.recon_task, ("auto", "ct", "mri", "none")),
         ("data.normalize", cfg.data.normalize, ("auto", "minmax", "window")),
     ]:
         if value not in choices:
@@ -183,6 +221,44 @@ def validate(cfg) -> None:
         raise ScoreinvError(f"need 0 < model.sigma_min < model.sigma_max, got {m.sigma_min}, {m.sigma_max}")
     if not (0.0 <= t.ema_rate < 1.0):
         raise ScoreinvError(f"train.ema_rate = {t.ema_rate} must be in [0, 1)")
+    _validate_training(cfg)
+
+
+LR_SCHEDULES = ("constant", "rsqrt", "cosine")
+
+
+def _validate_training(cfg) -> None:
+    """Schedule, EMA, speed and validation settings (train.py, optim.py, validation.py)."""
+    t, v = cfg.train, cfg.val
+    check_int("train.warmup", t.warmup, lo=0)
+    check_int("train.lr_ref_steps", t.lr_ref_steps)
+    check_int("train.lr_decay_steps", t.lr_decay_steps, lo=0)
+    check_range("train.lr_min_ratio", t.lr_min_ratio, 0.0, 1.0)
+    check_range("train.lr", t.lr, 0.0)
+    check_range("train.max_minutes", t.max_minutes, 0.0)
+    check_range("train.ema_halflife_kimg", t.ema_halflife_kimg, 0.0)
+    check_range("train.ema_rampup", t.ema_rampup, 0.0)
+    check_int("train.data_workers", t.data_workers, lo=-1)
+    for name in ("log_every", "checkpoint_every", "meta_every"):
+        check_int(f"train.{name}", getattr(t, name))
+    if t.lr_schedule == "cosine" and (t.lr_decay_steps or t.max_steps) <= t.warmup:
+        raise ScoreinvError(f"train.lr_schedule = cosine needs train.lr_decay_steps (or train.max_steps) > "
+                            f"train.warmup = {t.warmup}, got {t.lr_decay_steps or t.max_steps}")
+    if t.bf16 and t.precision == "fp32":
+        raise ScoreinvError("train.bf16 = true contradicts train.precision = fp32; set only train.precision")
+    check_int("val.every", v.every, lo=0)
+    check_int("val.images", v.images)
+    check_int("val.recon_images", v.recon_images, lo=0)
+    check_int("val.recon_steps", v.recon_steps)
+    if not v.sigmas:
+        raise ScoreinvError("val.sigmas is empty; expected a list of positive noise levels")
+    for s in v.sigmas:
+        check_range("val.sigmas", s, 1e-12)
+
+
+def precision_of(cfg) -> str:
+    """train.precision with the old `train.bf16 = true` spelling folded in: auto | fp32 | bf16."""
+    return "bf16" if cfg.train.bf16 else cfg.train.precision
 
 
 def architecture_signature(cfg) -> dict:

@@ -6,7 +6,9 @@ Cases (each an `evaluate` run, so the numbers are exactly what `scoreinv eval` p
 - the same on pydicom's real CT test slice (CT_small.dcm, resized to 64x64, HU window);
 - MRI 8x (fastMRI-style random columns, 8% centre), held-out brain slices (model `mri64`): zero-filled, CS-TV, score;
 - MAR on simulated titanium implants in held-out phantoms (model `ct64`): LI, score solver.
-TV/CS weights are chosen on validation images (never test images), cached per case.
+TV/CS weights are chosen on validation images (never test images), cached per case. The score
+solver runs with the tuned preset its shipped model brings (`sampling.settings`; --steps overrides
+the number of noise levels).
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ import torch
 
 from . import atomic
 from .errors import ScoreinvError
+from .evaluate import evaluate, model_fingerprint, resolve_methods
+from .sampling.settings import noisy_level
+from .score import load_score_model
+from .tasks import task_options
 
 
 @dataclass
@@ -62,10 +68,6 @@ def _dataset(case: Case, split: str, size: int):
 def run_demo(out_dir, solver: str = "dds", steps: int | None = None, num_images: int = 4,
              checkpoints: dict | None = None, seed: int = 0, log=print) -> list[dict]:
     """Run every case into out_dir/<case>/ (resumable) and write demo.png, metrics.md, metrics.json."""
-    from .evaluate import evaluate, model_fingerprint, resolve_methods
-    from .score import load_score_model
-    from .tasks import task_options
-
     out = Path(out_dir)
     checkpoints = dict(checkpoints or {})
     models = {}
@@ -78,8 +80,11 @@ def run_demo(out_dir, solver: str = "dds", steps: int | None = None, num_images:
         model, cfg = models[spec]
         size = cfg.data.image_size
         opts = task_options(case.task, **case.options)
-        methods = resolve_methods(list(case.classical) + [solver], case.task, steps=steps)
+        opts_noisy = noisy_level(case.task, opts.noise)
+        methods = resolve_methods(list(case.classical) + [solver], case.task, steps=steps, noisy=opts_noisy,
+                                  checkpoint=spec)
         log(f"\n== {case.title} ({case.num_images} image(s), model {spec}) ==")
+        log(f"   {methods[-1].origin}")
         t0 = time.perf_counter()
         summary = evaluate(out / case.name, opts, _dataset(case, "test", size), methods, case.num_images,
                            data_id=case.data, split="test", model=model, model_id=model_fingerprint(model),

@@ -60,6 +60,30 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
     return v
 
 
+def check_int(name: str, value, lo: int | None = 1, hi: int | None = None) -> int:
+    """The one integer check: raise unless `value` is an integer (bool refused; a float with an
+    integer value accepted) with lo <= value <= hi (either bound may be None); return it as int.
+
+    `name` is what the user typed: the command-line flag (`--steps`) or the config key
+    (`model.nf`), so that the message names what to change. The default lo = 1 is "positive".
+    """
+    import numbers
+
+    ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    if not ok or (lo is not None and int(value) < lo) or (hi is not None and int(value) > hi):
+        if lo == 1 and hi is None:
+            want = "a positive integer"
+        elif hi is None:
+            want = f"an integer >= {lo}"
+        elif lo is None:
+            want = f"an integer <= {hi}"
+        else:
+            want = f"an integer in [{lo}, {hi}]"
+        raise ScoreinvError(f"{name} = {value!r}: expected {want}")
+    return int(value)
+
+
 def check_choice(name: str, value: str, choices) -> str:
     """Raise unless value is one of `choices`."""
     choices = list(choices)

@@ -11,9 +11,13 @@ into `out_dir`:
 Resume: every (solver, batch) result is saved atomically under parts/ as it completes; a rerun
 skips what exists, so a killed evaluation resumes and a larger --num-images extends it. The
 configuration (everything but num_images; solvers may be added) lives in eval.json and a
-directory of another configuration is refused. Baselines with a parameter (tv, cs_tv,
-cs_wavelet: weight; sirt, cgls: iterations) get it from `choose_weight` on VALIDATION images,
-cached per (task, setting, data) in weights.json.
+directory of another configuration is refused, as is a non-empty folder that holds anything
+but an evaluation's own files. Baselines with a parameter (tv, cs_tv, cs_wavelet: weight;
+sirt, cgls: iterations) get it from `choose_weight` on VALIDATION images, cached per (task,
+setting, data) in weights.json, each candidate's score as it is computed (a killed search
+loses at most one). Every summary record holds the environment its parts ran in (scoreinv and
+torch versions, thread count, device: `runinfo.environment`). Score-solver settings come from
+`sampling.settings.resolve` (the precedence shared with reconstruct and tune).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +35,16 @@ import numpy as np
 import torch
 
 from . import atomic
+from .atomic import check_new_output
 from .baselines import BASELINES, choose_weight, get_baseline
 from .data.base import derive_seed
-from .errors import ScoreinvError, check_range
+from .errors import ScoreinvError, check_int
 from .metrics import compute_metrics, summarise
-from .sampling.solvers import SOLVERS, SolverConfig, posterior, solve, solver_config
+from .eval_report import MAIN_VARIANT, comparison_figure, format_table
+from .runinfo import config_diff, environment
+from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, SolverConfig, check_applies, resolve,
+                                shipped_model)
+from .sampling.solvers import posterior, solve
 from .tasks import Problem, TaskOptions, build_problem, repeat_operator
 
 TASK_BASELINES = {"ct": ("fbp", "sirt", "cgls", "tv"),
@@ -43,79 +53,71 @@ TASK_BASELINES = {"ct": ("fbp", "sirt", "cgls", "tv"),
 TASK_METRICS = {"ct": ("psnr", "ssim", "psnr_circle", "ssim_circle", "psnr_hist", "ssim_hist", "nmse"),
                 "mri": ("psnr", "ssim", "psnr_circle", "ssim_circle", "psnr_hist", "ssim_hist", "nmse"),
                 "mar": ("psnr", "ssim", "psnr_mar", "ssim_mar", "nmse")}
-MAIN_VARIANT = "full image (psnr, ssim: whole image clipped to [0, 1], data range 1)"
 CONFIG_VERSION = 1
+OWN_FILES = {"eval.json", "weights.json", "parts", "metrics.csv", "summary.json", "reconstructions.npz",
+             "comparison.png"}
 
 
 @dataclass
 class Method:
     """A named reconstruction method: a score solver (params = SolverConfig fields) or a
-    classical baseline (params: its fixed weight/iters, or {} to choose on validation data)."""
+    classical baseline (params: its fixed weight/iters, or {} to choose on validation data);
+    origin: where a score solver's settings came from (settings.Resolved.describe)."""
     name: str
     kind: str
     params: dict
-
-
-def parse_sets(items) -> dict[str, dict]:
-    """['solver.snr=0.3', 'tv.weight=1e-3'] -> {'solver': {'snr': 0.3}, 'tv': {'weight': 0.001}}.
-    'solver.' applies to every score solver, '<name>.' to one method; values are YAML scalars."""
-    import yaml
-    out: dict[str, dict] = {}
-    for it in items or ():
-        key, sep, val = str(it).partition("=")
-        target, dot, param = key.strip().partition(".")
-        if not sep or not dot or not target or not param:
-            raise ScoreinvError(f"--set {it!r}: expected TARGET.PARAM=VALUE, e.g. solver.snr=0.3 or tv.weight=1e-3")
-        try:
-            out.setdefault(target, {})[param] = yaml.safe_load(val)
-        except yaml.YAMLError:
-            raise ScoreinvError(f"--set {it!r}: cannot parse the value {val!r}") from None
-    return out
+    origin: str = ""
 
 
 def resolve_methods(names, task: str, steps: int | None = None, sets: dict | None = None, presets=(),
-                    noise: float = 0.0) -> list[Method]:
-    """Methods for `names` on `task`. Score solver parameters, in increasing precedence: the task
-    preset (sampling.solvers.PRESETS; final_projection off for noisy CT/MRI data), a tuned
-    preset (tune.Preset), `steps`, then `sets` (parse_sets)."""
+                    noisy: bool = False, checkpoint: str | None = None) -> list[Method]:
+    """Methods for `names` on `task`. Score solvers: `settings.resolve` (reference preset < tuned
+    preset: one of `presets` (settings.Preset), else the shipped model `checkpoint`'s unless
+    'reference' is among `presets` < `steps` < `sets`, parse_sets output: solver.KEY for every
+    score solver, NAME.KEY for one); noisy: settings.noisy_level of the data. Baselines: their
+    parameter fixed by sets (e.g. tv.weight), else {} (chosen on validation data)."""
     names = [n.strip() for n in names if n.strip()] if not isinstance(names, str) else \
         [n.strip() for n in names.split(",") if n.strip()]
     if not names:
-        raise ScoreinvError("no solvers given; expected a comma-separated list such as fbp,tv,projection")
+        raise ScoreinvError("--solvers: none given; expected a comma-separated list such as fbp,tv,projection")
     valid = list(SOLVERS) + list(TASK_BASELINES[task])
     sets = dict(sets or {})
     bad = [n for n in names if n not in valid]
     if bad:
         other = [n for n in bad if n in BASELINES]
         hint = f" ({', '.join(other)}: not a {task} method)" if other else ""
-        raise ScoreinvError(f"unknown solver(s) {', '.join(bad)} for task {task}{hint}; expected some of: "
-                            f"{', '.join(valid)}")
+        raise ScoreinvError(f"--solvers: unknown solver(s) {', '.join(bad)} for task {task}{hint}; expected "
+                            f"some of: {', '.join(valid)}")
     if len(set(names)) != len(names):
-        raise ScoreinvError(f"solvers listed twice: {', '.join(names)}")
+        raise ScoreinvError(f"--solvers: a method is listed twice ({', '.join(names)})")
     unknown = set(sets) - set(names) - {"solver"}
     if unknown:
         raise ScoreinvError(f"--set for {', '.join(sorted(unknown))}, which is not among the solvers "
-                            f"({', '.join(names)}); use solver.PARAM for every score solver")
-    by_solver = {}
+                            f"({', '.join(names)}); use solver.KEY for every score solver")
+    score = [n for n in names if n in SOLVERS]
+    check_applies(sets, score)
+    if steps is not None and not score:
+        raise ScoreinvError(f"--steps {steps}: no score solver among {', '.join(names)}")
+    by_solver, reference = {}, False
     for p in presets:
+        if p == REFERENCE_KEYWORD:
+            reference = True
+            continue
         if p.task != task:
             raise ScoreinvError(f"preset {p.source}: tuned for task {p.task!r}, this run is {task!r}")
         if p.solver not in names:
             raise ScoreinvError(f"preset {p.source}: for solver {p.solver!r}, which is not among the solvers "
                                 f"({', '.join(names)})")
-        by_solver[p.solver] = p.params
+        if p.solver in by_solver:
+            raise ScoreinvError(f"--preset: two presets for {p.solver} ({by_solver[p.solver].source}, {p.source})")
+        by_solver[p.solver] = p
+    model = shipped_model(checkpoint)
     methods = []
     for n in names:
         if n in SOLVERS:
-            kw = {"final_projection": False} if noise > 0 and task != "mar" else {}
-            kw.update(by_solver.get(n, {}))
-            if steps is not None:
-                if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-                    raise ScoreinvError(f"--steps {steps!r}: expected a positive integer")
-                kw["steps"] = int(steps)
-            kw.update(sets.get("solver", {}))
-            kw.update(sets.get(n, {}))
-            methods.append(Method(n, "score", dataclasses.asdict(solver_config(n, task, **kw))))
+            r = resolve(task, n, preset=by_solver.get(n, REFERENCE_KEYWORD if reference else None), model=model,
+                        steps=steps, sets=sets, noisy=noisy)
+            methods.append(Method(n, "score", dataclasses.asdict(r.cfg), r.describe()))
         else:
             b = get_baseline(n)
             fixed = sets.get(n, {})
@@ -123,8 +125,18 @@ def resolve_methods(names, task: str, steps: int | None = None, sets: dict | Non
             if extra:
                 raise ScoreinvError(f"--set {n}.{sorted(extra)[0]}: {n} has "
                                     + (f"one parameter, {b.param}" if b.param else "no parameter"))
-            methods.append(Method(n, "baseline", dict(fixed)))
+            methods.append(Method(n, "baseline", {k: _baseline_param(n, k, v) for k, v in fixed.items()}))
     return methods
+
+
+def _baseline_param(name: str, key: str, value):
+    """A fixed baseline parameter from --set NAME.KEY=VALUE: iters a positive integer, weight > 0."""
+    flag = f"--set {name}.{key}"
+    if key == "iters":
+        return check_int(flag, value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ScoreinvError(f"{flag} = {value!r}: expected a positive number")
+    return float(value)
 
 
 def _real(x: torch.Tensor) -> torch.Tensor:
@@ -167,39 +179,37 @@ def load_images(dataset, indices) -> torch.Tensor:
 
 def choose_baseline_params(methods, problem: Problem, cache: Path, key: str, log=print) -> None:
     """Fill in the parameter of every baseline that needs one (tv weight, sirt iters, ...) by
-    choose_weight on the validation `problem`; cached in `cache` (JSON) under `key`."""
+    choose_weight on the validation `problem`; cached in `cache` (JSON) under `key`, each
+    candidate's score as soon as it is computed (a rerun computes only the missing ones)."""
     todo = [m for m in methods if m.kind == "baseline" and BASELINES[m.name].param and not m.params]
     if not todo:
         return
     store = json.loads(cache.read_text()) if cache.exists() else {}
     entry = store.setdefault(key, {})
     metric = "psnr_mar" if problem.task == "mar" else "psnr"
+    n_val = int(problem.x.shape[0])
     for m in todo:
-        if m.name not in entry:
+        if "value" not in entry.get(m.name, {}):
+            part = entry.get(m.name, {}).get("partial", {})
+            same = part.get("n_val") == n_val and part.get("metric") == metric
+            known = {v: sc for v, sc in part.get("scores", [])} if same else {}
+
+            def save(v, sc, name=m.name, known=known):
+                known[v] = sc
+                scores = [[k, x] for k, x in known.items()]
+                entry[name] = {"partial": {"n_val": n_val, "metric": metric, "scores": scores}}
+                atomic.write_text(cache, json.dumps(store, indent=1))
+
             t0 = time.perf_counter()
             c = choose_weight(m.name, problem.baseline_op, problem.baseline_y, problem.x, metric=metric,
-                              metal_mask=problem.metal_mask)
+                              metal_mask=problem.metal_mask, known=known, on_score=save)
             entry[m.name] = {"param": c.param, "value": c.weight, "metric": c.metric, "grid": list(c.grid),
-                             "scores": list(c.scores), "at_edge": c.at_edge, "n_val": int(problem.x.shape[0])}
+                             "scores": list(c.scores), "at_edge": c.at_edge, "n_val": n_val}
             atomic.write_text(cache, json.dumps(store, indent=1))
-            log(f"[{m.name}] {c.param} = {c.weight:g} chosen on {problem.x.shape[0]} validation images "
+            log(f"[{m.name}] {c.param} = {c.weight:g} chosen on {n_val} validation images "
                 f"({c.metric} {max(c.scores):.2f}, {time.perf_counter() - t0:.1f} s)"
                 + (" - at the edge of the grid" if c.at_edge else ""))
         m.params[entry[m.name]["param"]] = entry[m.name]["value"]
-
-
-def config_diff(a: dict, b: dict, prefix: str = "", skip: str = "") -> list[str]:
-    """Keys (dotted) whose values differ between two JSON-like dicts, with both values."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if k == skip:
-            continue
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} there, {vb!r} now")
-    return out
 
 
 def check_config(path: Path, config: dict) -> dict:
@@ -247,6 +257,30 @@ def _summary_stats(k: str, v: np.ndarray) -> dict:
     return {f"{k}_mean": m, f"{k}_std": s}
 
 
+def check_out_dir(out: Path) -> None:
+    """--out, before any computation: a writable new or empty folder, or one holding an earlier
+    evaluation (eval.json) and nothing but the files an evaluation writes."""
+    check_new_output(out / "eval.json", overwrite=True, flag="--out")
+    if not out.is_dir():
+        return
+    names = {p.name for p in out.iterdir()
+             if not (p.name.startswith(".") and p.name.endswith(".tmp"))}   # an atomic write cut short
+    foreign = sorted(names - OWN_FILES)
+    if names and (foreign or "eval.json" not in names):
+        what = f"files an evaluation does not write ({', '.join(foreign[:3])})" if foreign else \
+            "no evaluation record (eval.json)"
+        raise ScoreinvError(f"--out {out}: the folder is not empty and holds {what}; give a new or empty folder, "
+                            "or the folder of an earlier evaluation to resume it")
+
+
+def _environment(parts) -> dict:
+    """The environment the parts were computed in; {'mixed': [...]} if a resumed run changed it."""
+    envs = sorted({str(p["env"]) if "env" in p else "{}" for p in parts})
+    if len(envs) == 1:
+        return json.loads(envs[0]) or {"recorded": False}
+    return {"mixed": [json.loads(e) or {"recorded": False} for e in envs]}
+
+
 def _load_part(path: Path, idx: np.ndarray):
     """The saved part at `path` if it covers exactly the images `idx`, else None."""
     if not path.exists():
@@ -266,14 +300,15 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
     validation split (needed only for baselines whose parameter must be chosen).
     """
     out = Path(out_dir)
-    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
-        raise ScoreinvError(f"--num-images {num_images!r}: expected a positive integer")
+    check_int("--num-images", num_images)
     if num_images > len(dataset):
         raise ScoreinvError(f"--num-images {num_images}: the {split} split of {data_id} holds only "
                             f"{len(dataset)} image(s)")
-    check_range("--batch-size", batch_size, 1)
-    check_range("--samples", samples, 1)
-    check_range("--val-images", n_val, 1)
+    check_int("--batch-size", batch_size)
+    check_int("--samples", samples)
+    check_int("--val-images", n_val)
+    check_out_dir(out)
+    env = json.dumps(environment(device), sort_keys=True)
     config = {"version": CONFIG_VERSION, "task": options.to_dict(), "data": data_id, "split": split,
               "seed": seed, "batch_size": batch_size, "samples": samples, "model": model_id,
               "methods": {m.name: m.params for m in methods}}
@@ -307,7 +342,7 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
                 raise ScoreinvError(f"{m.name}: the reconstruction of images {idx.tolist()} contains NaN or Inf "
                                     f"(diverged; check its parameters {m.params})")
             vals = image_metrics(names, xr, x, metal_mask=mm)
-            atomic.savez(out / "parts" / m.name / f"b{b:05d}.npz", idx=idx, x=xr.numpy(), seconds=sec, nfe=nfe,
+            atomic.savez(out / "parts" / m.name / f"b{b:05d}.npz", idx=idx, x=xr.numpy(), seconds=sec, nfe=nfe, env=env,
                          **({"std": std.numpy()} if std is not None else {}),
                          **{f"m_{k}": v for k, v in vals.items()})
             log(f"[{m.name}] batch {b + 1}/{len(batches)} ({len(idx)} images): {sec:.1f} s, "
@@ -340,7 +375,7 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
             rec.update(_summary_stats(k, vals[k]))
         rec.update(sec_per_image=float(secs.mean()), nfe=nfe, n_images=int(len(secs)),
                    samples=samples if m.kind == "score" else 1,
-                   params=m.params)
+                   params=m.params, environment=_environment(parts))
         summary.append(rec)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe"], lineterminator="\n")
@@ -352,45 +387,3 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
     comparison_figure(arrays, [m.name for m in methods], out / "comparison.png", options.task, figure_images)
     log(format_table(summary))
     return summary
-
-
-def comparison_figure(arrays: dict, solvers, path, task: str, n_images: int = 4) -> None:
-    """Rows: per image a reconstruction row and an |error| row; columns: ground truth, each solver."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .imaging import save_figure
-    gt = arrays["ground_truth"]
-    n = min(n_images, gt.shape[0])
-    cols = 1 + len(solvers)
-    fig, axes = plt.subplots(2 * n, cols, figsize=(2.0 * cols, 4.1 * n), squeeze=False)
-    for i in range(n):
-        ref = gt[i, 0]
-        lo, hi = (np.quantile(ref, [0.01, 0.995]) if task in ("ct", "mar") else (0.0, 1.0))
-        hi = max(hi, lo + 1e-3)
-        axes[2 * i, 0].imshow(ref, cmap="gray", vmin=lo, vmax=hi)
-        axes[2 * i, 0].set_title(f"ground truth #{int(arrays['index'][i])}", fontsize=8)
-        for j, s in enumerate(solvers, 1):
-            x = arrays[f"recon_{s}"][i, 0]
-            err = np.abs(np.clip(x, 0, 1) - ref)
-            mse = float((err ** 2).mean())
-            p = 10 * np.log10(1.0 / mse) if mse > 0 else float("inf")
-            axes[2 * i, j].imshow(x, cmap="gray", vmin=lo, vmax=hi)
-            axes[2 * i, j].set_title(f"{s}\n{p:.2f} dB", fontsize=8)
-            axes[2 * i + 1, j].imshow(err, cmap="magma", vmin=0, vmax=0.2)
-        axes[2 * i + 1, 0].text(0.5, 0.5, "|error|\n(0 to 0.2)", ha="center", va="center", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-
-
-def format_table(summary: list[dict]) -> str:
-    """The end-of-run table: solver, PSNR ± std, SSIM ± std, s/image, NFE."""
-    lines = [f"{'solver':<20} {'PSNR (dB)':>15} {'SSIM':>15} {'s/image':>9} {'NFE':>6}"]
-    for r in summary:
-        lines.append(f"{r['solver']:<20} {r['psnr_mean']:>7.2f} ± {r['psnr_std']:<5.2f} "
-                     f"{r['ssim_mean']:>7.3f} ± {r['ssim_std']:<5.3f} {r['sec_per_image']:>9.2f} {r['nfe']:>6d}")
-    n = summary[0]["n_images"] if summary else 0
-    return "\n".join(lines) + f"\n({n} images, {summary[0]['setting'] if summary else ''}; {MAIN_VARIANT})"

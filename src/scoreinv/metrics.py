@@ -1,4 +1,4 @@
-"""Image-quality metrics: PSNR, SSIM, NMSE and the paper's variants (DESIGN.md §2.7, §2.6).
+"""Image-quality metrics: PSNR, SSIM, NMSE and the paper's variants (docs/design.md §4.1, §3.3).
 
 Every PSNR/SSIM here works on images clipped to [0, 1] with data range 1, takes batches
 x, ref of shape (B, 1, H, W) (real) and returns per-image values of shape (B,) (float64, on
@@ -222,7 +222,7 @@ def _zero_metal(x, ref, metal_mask):
 
 
 def psnr_mar(x: torch.Tensor, ref: torch.Tensor, metal_mask=None) -> torch.Tensor:
-    """PSNR with the metal pixels set to 0 in both images (DESIGN.md §2.6) -> (B,)."""
+    """PSNR with the metal pixels set to 0 in both images (docs/design.md §4.1) -> (B,)."""
     return _psnr(*_zero_metal(x, ref, metal_mask))
 
 

@@ -7,11 +7,12 @@ size, solver name, hyperparameter ranges, EMA weights, output format) before any
 (K posterior samples per slice: mean and pixel-wise standard deviation) and writes them with
 `scoreinv.writers`; `reconstruct(...)` does both.
 
-Solver settings, later ones win: the task's reference preset (`solvers.PRESETS`), a preset
-file written by `scoreinv tune` ({solver, task, params}, read by `tune.load_preset`), `steps`,
-then explicit overrides.
-`final_projection` (the closing hard λ = 1 projection with y) defaults to on for noise-free
-measurements and off for noisy ones (it would put the noise back into the image).
+Solver settings: `solver_settings`, i.e. `sampling.settings.resolve`, the rule shared with eval
+and tune (reference preset < tuned preset: --preset FILE, else the shipped model's < --steps <
+--set); `final_projection` is off for data noisier than the reference acquisition
+(`settings.noisy_record`). Outputs (the `_std` map and DICOM series folders included) and the
+--report file are checked before any work: an existing one is refused unless `overwrite`, an
+output equal to the measurement file always (`atomic.check_new_output`).
 
 CT sinograms (ParallelBeamCT) are solved either on the sinogram (`ct_operator="radon"`,
 projection by CG) or on its Fourier-slice conversion (`"fourier"`, exact A = P(Λ)T; the
@@ -20,72 +21,70 @@ conversion is `fourier_from_parallel`); the default is `tasks.DEFAULT_CT_OPERATO
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import writers
-from .errors import ScoreinvError, check_choice, check_range
+from .atomic import check_new_output
+from .errors import ScoreinvError, check_choice, check_int
+from .metrics import compute_metrics
+from .physics.ct import ParallelBeamCT
+from .physics.fourier_slice import fourier_from_parallel
 from .physics.measurements import PER_SLICE_ARRAYS, Measurements, load_measurements
+from .runinfo import environment
 from .sampling import solvers
+from .sampling.settings import (SOLVERS, Preset, Resolved, check_applies, check_targets, noisy_record, open_preset,
+                                resolve, shipped_model)
+from .score import load_score_model
 from .source_record import meta_from_source
-
-PARAM_ALIASES = {"lambda": "lam", "λ": "lam"}
-
-
-# --- solver settings ----------------------------------------------------------------------------
-def read_preset(path) -> dict:
-    """A solver preset file written by `scoreinv tune` -> {"solver", "task", "params"} (`tune.load_preset`)."""
-    from .tune import load_preset
-    p = load_preset(path)
-    return {"solver": p.solver, "task": p.task, "params": dict(p.params)}
+from .tasks import CT_OPERATORS, DEFAULT_CT_OPERATOR, repeat_operator, slice_operator
+from .train import resolve_device
 
 
-def coerce_params(params: dict) -> dict:
-    """Solver parameters (names of SolverConfig fields, 'solver.' prefix and 'lambda' allowed)
-    converted to their field types; raises ScoreinvError for unknown names or wrong types."""
-    types = {f.name: f.type for f in dataclasses.fields(solvers.SolverConfig)}
-    out = {}
-    for key, v in params.items():
-        k = str(key).removeprefix("solver.")
-        k = PARAM_ALIASES.get(k, k)
-        if k not in types or k == "name":
-            raise ScoreinvError(f"unknown solver parameter {key!r}; expected one of "
-                                f"{', '.join(sorted(set(types) - {'name'}))}")
-        t = types[k] if isinstance(types[k], str) else types[k].__name__
-        ok = {"bool": isinstance(v, bool),
-              "int": isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and float(v).is_integer(),
-              "float": isinstance(v, (int, float)) and not isinstance(v, bool),
-              "str": isinstance(v, str)}.get(t, False)
-        if not ok:
-            raise ScoreinvError(f"solver.{k} = {v!r}: expected a value of type {t}")
-        out[k] = {"bool": bool, "int": int, "float": float, "str": str}[t](v)
-    return out
+# --- solver settings and outputs ------------------------------------------------------------------
+def solver_settings(task: str, solver: str | None = None, preset=None, steps: int | None = None,
+                    sets: dict | None = None, noisy: bool = False, checkpoint: str | None = None) -> Resolved:
+    """The settings of a reconstruction (module docstring): preset a file, 'reference' or None;
+    sets: parse_sets of --set (targets solver and the solver's name)."""
+    p = open_preset(preset, task=task)
+    if isinstance(p, Preset):
+        if solver is not None and solver != p.solver:
+            raise ScoreinvError(f"--solver {solver} differs from the preset's solver {p.solver!r} ({preset})")
+        solver = p.solver
+    if solver is None:
+        raise ScoreinvError(f"give --solver (one of {', '.join(SOLVERS)}) or --preset FILE")
+    check_choice("--solver", solver, SOLVERS)
+    sets = sets or {}
+    check_targets(sets, ("solver", solver))
+    check_applies(sets, [solver])
+    return resolve(task, solver, preset=p, model=shipped_model(checkpoint), steps=steps, sets=sets, noisy=noisy)
 
 
-def solver_settings(task: str, solver: str | None = None, preset: str | None = None, steps: int | None = None,
-                    overrides: dict | None = None, noisy: bool = False) -> solvers.SolverConfig:
-    """The validated SolverConfig for `task` (order of precedence: module docstring)."""
-    params = {}
-    name = solver
-    if preset:
-        p = read_preset(preset)
-        if name is not None and name != p["solver"]:
-            raise ScoreinvError(f"--solver {name} differs from the preset's solver {p['solver']!r} ({preset})")
-        if p.get("task") and p["task"] != task:
-            raise ScoreinvError(f"--preset {preset} was tuned for task {p['task']!r}; the measurements are {task!r}")
-        name = p["solver"]
-        params.update(coerce_params(p["params"]))
-    if name is None:
-        raise ScoreinvError(f"give --solver (one of {', '.join(solvers.SOLVERS)}) or --preset")
-    check_choice("solver", name, solvers.SOLVERS)
-    params.update(coerce_params(overrides or {}))
-    if steps is not None:
-        params["steps"] = coerce_params({"steps": steps})["steps"]
-    params.setdefault("final_projection", not noisy)
-    return solvers.solver_config(name, task, **params)
+def check_outputs(out, measurements, n_slices: int, samples: int, overwrite: bool = False,
+                  report=None) -> None:
+    """Refuse, before any work, outputs that cannot be written (module docstring). A DICOM output
+    of several slices is a folder NAME/ of IM_*.dcm; --overwrite replaces only such a folder."""
+    ext = writers.output_format(out)
+    targets = [str(out)] + ([writers.std_path(out)] if samples > 1 else [])
+    for t in targets:
+        folder = Path(t[: -len(".dcm")]) if ext == ".dcm" and n_slices > 1 else None
+        if folder is None or not folder.exists():
+            check_new_output(folder or t, overwrite=overwrite, flag="--out", inputs=[measurements])
+            continue
+        if not overwrite:
+            raise ScoreinvError(f"--out {out}: the DICOM series folder {folder} exists; pass --overwrite to "
+                                "replace it")
+        writers.check_output(t, n_slices)            # an earlier output (IM_*.dcm only), nothing else
+        if not os.access(folder.absolute().parent, os.W_OK | os.X_OK):
+            raise ScoreinvError(f"--out {out}: cannot write in {folder.absolute().parent} (permission denied)")
+    if report is not None:
+        check_new_output(report, overwrite=overwrite, flag="--report", inputs=[measurements, *targets])
 
 
 # --- the plan -----------------------------------------------------------------------------------
@@ -129,6 +128,7 @@ class Plan:
     solve_op: object             # the operator the solver sees (FourierSliceCT or op)
     y: torch.Tensor              # (S, *meas_shape) what the solver sees, on device
     cfg: solvers.SolverConfig
+    settings: Resolved           # cfg and where each setting came from
     model: object
     model_cfg: object
     out: str
@@ -140,36 +140,28 @@ class Plan:
 
 
 def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None, steps: int | None = None,
-         samples: int = 1, overrides: dict | None = None, preset: str | None = None, batch_size: int = 8,
-         seed: int = 0, device: str = "auto", ct_operator: str | None = None, slices: str | None = None) -> Plan:
+         samples: int = 1, sets: dict | None = None, preset: str | None = None, batch_size: int = 8,
+         seed: int = 0, device: str = "auto", ct_operator: str | None = None, slices: str | None = None,
+         overwrite: bool = False, report: str | None = None) -> Plan:
     """Load and check everything; raises ScoreinvError before any sampling (module docstring)."""
-    from .score import load_score_model
-    from .tasks import CT_OPERATORS, DEFAULT_CT_OPERATOR
-    from .train import resolve_device
-    check_range("--samples", samples, 1)
-    check_range("--batch-size", batch_size, 1)
-    if int(samples) != samples or int(batch_size) != batch_size:
-        raise ScoreinvError(f"--samples {samples} / --batch-size {batch_size}: expected integers")
+    check_int("--samples", samples)
+    check_int("--batch-size", batch_size)
     writers.output_format(out)
     full = load_measurements(measurements)
     idx = parse_slices(slices, len(full))
-    writers.check_output(out, len(idx))
-    if samples > 1:
-        writers.check_output(writers.std_path(out), len(idx))
+    check_outputs(out, measurements, len(idx), samples, overwrite, report)
     meas = select(full, idx)
     op = meas.operator()
     if getattr(op, "complex_image", False):
         raise ScoreinvError(f"{measurements}: {op.name} reconstructs complex images; the score prior models real "
                             "images (simulate with a real-image operator)")
-    cfg = solver_settings(meas.task, solver, preset, steps, overrides,
-                          noisy=meas.noise.get("model", "none") != "none")
+    settings = solver_settings(meas.task, solver, preset, steps, sets, noisy_record(meas.task, meas.noise), checkpoint)
     dev = resolve_device(device)
     model, model_cfg = load_score_model(checkpoint, device=dev)
     s = int(model_cfg.data.image_size)
     if tuple(meas.image_size) != (s, s):
         raise ScoreinvError(f"{measurements}: the operator ({op.name}) is for {meas.image_size[0]}x"
                             f"{meas.image_size[1]} images, but checkpoint {checkpoint!r} models {s}x{s} images")
-    from .physics.ct import ParallelBeamCT
     if ct_operator is not None:
         check_choice("--ct-operator", ct_operator, CT_OPERATORS)
         if meas.task != "ct" or not isinstance(op, ParallelBeamCT):
@@ -181,10 +173,9 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     y = meas.y.to(dev)
     solve_op = op
     if ct_operator == "fourier":
-        from .physics.fourier_slice import fourier_from_parallel
         solve_op, y = fourier_from_parallel(op, y)
-    return Plan(meas, full.source, idx, op, solve_op, y, cfg, model, model_cfg, str(out), int(samples),
-                int(batch_size), int(seed), dev, ct_operator)
+    return Plan(meas, full.source, idx, op, solve_op, y, settings.cfg, settings, model, model_cfg, str(out),
+                int(samples), int(batch_size), int(seed), dev, ct_operator)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -206,9 +197,6 @@ def _relative_residual(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def run(p: Plan, progress: bool = True) -> Result:
     """Sample every selected slice in batches of about `batch_size` images, then write the outputs."""
-    from tqdm.auto import tqdm
-
-    from .tasks import repeat_operator, slice_operator
     n = len(p.meas)
     per = max(1, p.batch_size // p.samples)       # slices per call: network batch ≈ batch_size
     g = torch.Generator().manual_seed(p.seed)
@@ -241,7 +229,6 @@ def metrics(p: Plan, mean: torch.Tensor) -> dict:
     """PSNR/SSIM (MAR: metal pixels zeroed) of the mean against the file's ground truth, if any."""
     if p.meas.ground_truth is None:
         return {}
-    from .metrics import compute_metrics
     if p.meas.task == "mar" and "metal_mask" in p.meas.extras:
         mask = torch.as_tensor(np.asarray(p.meas.extras["metal_mask"])).bool()
         return compute_metrics(("psnr_mar", "ssim_mar"), mean, p.meas.ground_truth, metal_mask=mask)
@@ -269,7 +256,8 @@ def summary(p: Plan, r: Result) -> dict:
     """A JSON-able record of the run (settings, NFE, time, residual, metrics, files)."""
     d = {"measurements": p.meas.path, "slices": p.slices, "task": p.meas.task, "operator": p.solve_op.name,
          "ct_operator": p.ct_operator, "solver": dataclasses.asdict(p.cfg), "samples": p.samples,
-         "seed": p.seed, "device": str(p.device), "nfe_per_slice": r.nfe, "seconds": r.seconds,
+         "settings_origin": p.settings.origin, "seed": p.seed, "device": str(p.device),
+         "environment": environment(p.device), "nfe_per_slice": r.nfe, "seconds": r.seconds,
          "residual": r.residual.tolist(), "files": r.files}
     d["metrics"] = {k: [float(x) for x in v] for k, v in r.metrics.items()}
     return d

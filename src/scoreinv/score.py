@@ -4,7 +4,7 @@ For the marginal x_t = alpha x_0 + beta z (sde.py), with y = x_t / alpha and sig
 - `paper` scaling (Song et al. 2021): score = F(x_t, log sigma) / beta.
 - `edm` preconditioning (Karras et al. 2022): D(y, sigma) = c_skip y + c_out F(c_in y, log sigma),
   c_skip = sd² / (sigma² + sd²), c_out = sigma sd / sqrt(sigma² + sd²), c_in = 1 / sqrt(sigma² + sd²),
-  and score = (D − y) / (alpha sigma²)  (Tweedie; DESIGN.md §2.1).
+  and score = (D − y) / (alpha sigma²)  (Tweedie; docs/design.md §2.3).
 Also: EMA of weights, checkpoint loading with architecture checks, and the shipped-model registry.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Forward SDEs of score-based models (Song et al. 2021; DESIGN.md §2.1).
+"""Forward SDEs of score-based models (Song et al. 2021; docs/design.md §2.1).
 
 Every SDE exposes the marginal x_t = alpha(t) x_0 + beta(t) z (`marginal_coeffs`), prior
 sampling, drift/diffusion f(x,t), g(t), the discretisation used by the reverse-diffusion

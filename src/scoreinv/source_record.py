@@ -9,13 +9,16 @@ overlays the input volume. `scoreinv reconstruct` reads it back as an `OutputMet
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-from .errors import ScoreinvError
+from .data import dicom, orientation
+from .data.readers import nifti_header
 from .physics.mar_spectra import HU_MAX, HU_MIN
 
-HU_WINDOW = (HU_MIN, HU_MAX)  # the paper's [0, 1] <-> HU window (DESIGN.md §2.6)
+HU_WINDOW = (HU_MIN, HU_MAX)  # the paper's [0, 1] <-> HU window (docs/design.md §7.1)
 
 # --- the source record --------------------------------------------------------------------------
 DICOM_SERIES_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
@@ -49,21 +52,27 @@ def _dicom_tags(ds, names) -> dict:
 
 
 def describe_source(path: str, arr: np.ndarray, is_hu: bool, intensity: str, size: int | None, square: bool,
-                    dicom_headers: list | None = None) -> dict:
+                    dicom_headers: list | None = None, affine=None, positions=None, kind: str | None = None) -> dict:
     """What `simulate.prepare_images(arr, ...)` did, as JSON for the measurement file's `source` key.
 
-    arr: (N, H, W) values as read. Original value = offset + scale x image value. DICOM geometry
-    follows padding and resizing: padding (p_r, p_c) moves ImagePositionPatient by
-    -(p_c Δc e_row + p_r Δr e_col); resizing m -> size (scikit-image keeps the pixel corners)
-    multiplies PixelSpacing by f = m / size and moves the first pixel centre by (f - 1) / 2 pixels.
+    arr: (N, H, W) values as read (`scoreinv.data.readers`, display layout). affine: its (4, 4)
+    voxel (k, r, c) -> RAS mm transform from the reader; positions: (N, 3) LPS ImagePositionPatient
+    of each slice when the reader knows them exactly (DICOM). Without an affine it is worked out
+    from the DICOM headers (stored layout) or the NIfTI file at `path`. dicom_headers: the DICOM
+    datasets of the N slices (identity tags), or of the series (one) when slices are not files.
+
+    Original value = offset + scale x image value. Geometry follows padding and resizing: padding
+    (p_r, p_c) moves ImagePositionPatient by -(p_c Δc e_row + p_r Δr e_col); resizing m -> size
+    (scikit-image keeps the pixel corners) multiplies PixelSpacing by f = m / size and moves the
+    first pixel centre by (f - 1) / 2 pixels.
     """
     mode = intensity if intensity != "auto" else ("hu" if is_hu else "minmax")
     offset, scale = {"hu": (HU_WINDOW[0], HU_WINDOW[1] - HU_WINDOW[0]),
                      "minmax": (float(arr.min()), float(arr.max() - arr.min())), "none": (0.0, 1.0)}[mode]
     low = str(path).lower()
-    fmt = "dicom" if dicom_headers else ("nifti" if low.endswith((".nii", ".nii.gz")) else
-                                         "numpy" if low.endswith((".npy", ".npz")) else "image")
-    _, h, w = arr.shape
+    fmt = kind or ("dicom" if dicom_headers else ("nifti" if low.endswith((".nii", ".nii.gz")) else
+                                                  "numpy" if low.endswith((".npy", ".npz")) else "image"))
+    n, h, w = arr.shape
     m = max(h, w) if (square or size) and h != w else None
     pad = ((m - h) // 2, (m - w) // 2) if m else (0, 0)
     f = ((m or h) / size) if size else 1.0
@@ -71,12 +80,27 @@ def describe_source(path: str, arr: np.ndarray, is_hu: bool, intensity: str, siz
     src = {"format": fmt, "units": "HU" if (is_hu and mode != "none") else None,
            "intensity": {"mode": mode, "offset": offset, "scale": scale},
            "resize": {"input_shape": [h, w], "pad": list(pad), "factor": f, "shape": shape}}
+    if affine is None and dicom_headers:
+        affine, positions = _dicom_stored_geometry(dicom_headers, n)
+    elif affine is None and fmt == "nifti":
+        _, _, affine = nifti_header(Path(path))
     tags = slices = None
     if dicom_headers:
         tags = _dicom_tags(dicom_headers[0], DICOM_SERIES_TAGS)
-        slices = [_dicom_tags(ds, DICOM_SLICE_TAGS) for ds in dicom_headers]
-    elif fmt == "nifti" and arr.shape[0] >= 1:
-        tags, slices = _nifti_frame(path, arr.shape[0], h)
+        per = dicom_headers if len(dicom_headers) == n else [None] * n
+        slices = [_dicom_tags(ds, DICOM_SLICE_TAGS) if ds is not None else {} for ds in per]
+    if affine is not None:
+        geo, ipp = _frame_from_affine(affine, n, path)
+        if positions is not None:
+            ipp = [list(map(float, p)) for p in positions]
+        if fmt == "nifti":
+            geo["nifti_xform_code"] = _nifti_code(path)
+        if tags is not None and tags.get("SliceThickness"):
+            geo["SliceThickness"] = float(tags["SliceThickness"])
+        tags = {**(tags or {}), **geo}
+        slices = slices or [{} for _ in range(n)]
+        for s, p in zip(slices, ipp):
+            s["ImagePositionPatient"] = p
     if tags is not None:
         sp, iop = tags.get("PixelSpacing"), tags.get("ImageOrientationPatient")
         if isinstance(sp, list) and len(sp) == 2:
@@ -93,26 +117,31 @@ def describe_source(path: str, arr: np.ndarray, is_hu: bool, intensity: str, siz
     return src
 
 
-def _nifti_frame(path, n: int, h: int) -> tuple[dict, list[dict]]:
-    """The DICOM-style frame (LPS) of the slices `scoreinv simulate` reads from a NIfTI file:
-    pixel (r, c) of slice k is voxel (c, H-1-r, k) (module docstring), so with the file's affine A,
-    Δc e_row = L A[:, 0], Δr e_col = -L A[:, 1], IPP_k = L (A[:, 3] + (H-1) A[:, 1] + k A[:, 2]),
-    L = diag(-1, -1, 1). `nifti_affine` inverts this exactly when the slices are not resized."""
-    import nibabel as nib
-    img = nib.load(str(path))
-    a = np.asarray(img.affine, float)
-    lps = np.array([-1.0, -1.0, 1.0])
-    col0, col1, col2 = lps * a[:3, 0], -lps * a[:3, 1], lps * a[:3, 2]
-    dc, dr, dz = (float(np.linalg.norm(v)) for v in (col0, col1, col2))
-    if not all(np.isfinite(v) and v > 0 for v in (dc, dr, dz)):
-        raise ScoreinvError(f"{path}: the NIfTI affine has a zero-length or non-finite axis (voxel sizes "
-                            f"{dc:g}, {dr:g}, {dz:g} mm); expected a non-degenerate affine")
-    code = int(img.get_sform(coded=True)[1]) or int(img.get_qform(coded=True)[1])
+def _dicom_stored_geometry(headers: list, n: int):
+    """(RAS affine, LPS positions) of DICOM slices stacked as stored, or (None, None) without
+    ImageOrientationPatient / ImagePositionPatient."""
+    frames = [fr for i, ds in enumerate(headers) for fr in dicom.frames_of(Path(f"slice {i}"), ds)]
+    if len(frames) != n:
+        return None, None
+    affine = dicom.stored_affine(frames)
+    return (affine, [fr.position.tolist() for fr in frames]) if affine is not None else (None, None)
+
+
+def _frame_from_affine(affine, n: int, where) -> tuple[dict, list]:
+    """The DICOM-style geometry (LPS) of N display slices with RAS affine A (voxel (k, r, c) -> mm):
+    Δc e_row = L A[:, 2], Δr e_col = L A[:, 1], step = L A[:, 0], IPP_k = L (A[:, 3] + k A[:, 0]),
+    L = diag(-1, -1, 1)."""
+    a = orientation.LPS @ orientation.check_affine(affine, str(where))
+    step, col1, col0 = a[:3, 0], a[:3, 1], a[:3, 2]
+    dz, dr, dc = (float(np.linalg.norm(v)) for v in (step, col1, col0))
     tags = {"PixelSpacing": [dr, dc], "ImageOrientationPatient": [*(col0 / dc), *(col1 / dr)],
-            "SliceThickness": dz, "SliceStep": col2.tolist(), "nifti_xform_code": code}
-    slices = [{"ImagePositionPatient": (lps * (a[:3, 3] + (h - 1) * a[:3, 1] + k * a[:3, 2])).tolist()}
-              for k in range(n)]
-    return tags, slices
+            "SliceThickness": dz, "SliceStep": step.tolist()}
+    return tags, [(a[:3, 3] + k * step).tolist() for k in range(n)]
+
+
+def _nifti_code(path) -> int:
+    img = nib.load(str(path))
+    return int(img.get_sform(coded=True)[1]) or int(img.get_qform(coded=True)[1])
 
 
 # --- what an output needs to know ---------------------------------------------------------------

@@ -7,7 +7,7 @@ and the noise record. Task options carry the same names everywhere (`scoreinv si
 `eval`, `tune`, `reconstruct`, `demo`):
 
 - `views` (CT, MAR): measured views, rows round(linspace(0, N-1, views)) of the dense set of
-  N angles over [0, π) for N x N images (DESIGN.md §2.5). CT default 23 (the paper's setting),
+  N angles over [0, π) for N x N images (docs/design.md §3.1). CT default 23 (the paper's setting),
   MAR default all N views.
 - `acceleration`, `mask` (MRI): undersampling factor R and k-space mask kind (physics.masks).
 - `noise`: CT incident photons per ray (Poisson counts, attenuation of image value 1 =
@@ -40,14 +40,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ScoreinvError, check_choice, check_images, check_range
+from .errors import ScoreinvError, check_choice, check_images, check_int, check_range
 from .physics.base import LinearOperator
 
 TASKS = ("ct", "mri", "mar")
 CT_OPERATORS = ("fourier", "radon")
 DEFAULT_CT_OPERATOR = "radon"
 DEFAULT_CT_VIEWS = 23
-MU_MAX = 0.81   # attenuation (1/cm) of image value 1: 3200 HU = 0.192 x 4.2 /cm
+MU_MAX = 0.81   # attenuation (1/cm) of image value 1: hu_to_mu(3200 HU) = 0.8064, rounded (the noisy tables use 0.81)
 
 
 # --- CT simulation ---------------------------------------------------------------------------
@@ -59,9 +59,7 @@ def ct_geometry(n: int, views: int | None = None, dense_views: int | None = None
     angles evenly spaced over 2π. Pixel side default 1 mm."""
     from .physics.geometry import FanGeometry, ParallelGeometry, dense_angles, sparse_view_indices
     dense = n if dense_views is None else dense_views
-    if isinstance(dense, bool) or int(dense) != dense or dense < 1:
-        raise ScoreinvError(f"dense views = {dense!r}: expected a positive integer")
-    dense = int(dense)
+    dense = check_int("--dense-views", dense)
     if fan:
         angles = dense_angles(views or dense, 2 * math.pi)
     else:
@@ -120,8 +118,7 @@ def simulate_ct(x: torch.Tensor, generator: torch.Generator, geometry, upsample:
     """Sinograms of x (B, 1, S, S) projected on an `upsample`-times finer grid (1 = same grid),
     with Poisson noise of `noise` photons per ray (0 = none)."""
     op = ct_operator(geometry)
-    if isinstance(upsample, bool) or int(upsample) != upsample or upsample < 1:
-        raise ScoreinvError(f"upsample = {upsample!r}: expected a positive integer")
+    upsample = check_int("--upsample", upsample)
     y = project_fine(geometry, x, int(upsample)) if upsample > 1 else op.forward(x.float())
     check_range("noise (CT photons per ray)", noise, 0.0)
     record = {"model": "none", "level": 0.0}
@@ -143,8 +140,7 @@ def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equis
     from .physics.sense import SenseMRI, birdcage_maps
     shape = tuple(x.shape[-2:])
     m = make_mask(mask, shape, acceleration, center_fraction, generator=generator)
-    if isinstance(coils, bool) or int(coils) != coils or coils < 1:
-        raise ScoreinvError(f"coils = {coils!r}: expected a positive integer")
+    coils = check_int("--coils", coils)
     op = CartesianMRI(m) if coils == 1 else SenseMRI(birdcage_maps(int(coils), shape), m)
     y = op.forward(x)
     check_range("noise (MRI relative standard deviation)", noise, 0.0)
@@ -162,7 +158,7 @@ def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equis
 def simulate_mar(x: torch.Tensor, generator: torch.Generator, views: int | None = None,
                  pixel_size: float | None = None, implants: int | None = None, metal: str = "titanium",
                  noise: float = 0.0) -> Simulation:
-    """Metal-artifact scans of x (B, 1, S, S) (DESIGN.md §2.6): the MAR operator (sinogram off the
+    """Metal-artifact scans of x (B, 1, S, S) (docs/design.md §3.3): the MAR operator (sinogram off the
     metal trace, measured views only), its measurements and the images (extras)."""
     from .physics.mar import MarOperator, mar_ct, mar_keep, mar_measurement
     from .physics.mar import simulate_mar as _simulate
@@ -228,8 +224,8 @@ def task_options(task: str, views: int | None = None, acceleration: float | None
         raise ScoreinvError(f"{', '.join(wrong)} do(es) not apply to task {task!r}; its options are "
                             f"{', '.join(allowed)} and --noise")
     noise = check_range("--noise", 0.0 if noise is None else noise, 0.0)
-    if views is not None and (isinstance(views, bool) or int(views) != views or views < 1):
-        raise ScoreinvError(f"--views {views!r}: expected a positive integer")
+    if views is not None:
+        views = check_int("--views", views)
     if task == "mri":
         acceleration = check_range("--acceleration", 4.0 if acceleration is None else acceleration, 1.0)
         mask = check_choice("--mask", "equispaced" if mask is None else mask, MASK_KINDS)
@@ -238,8 +234,7 @@ def task_options(task: str, views: int | None = None, acceleration: float | None
         views = DEFAULT_CT_VIEWS if views is None else int(views)
         ct_operator = check_choice("--ct-operator", ct_operator or DEFAULT_CT_OPERATOR, CT_OPERATORS)
         upsample = 4 if upsample is None else upsample
-        if isinstance(upsample, bool) or int(upsample) != upsample or upsample < 1:
-            raise ScoreinvError(f"--upsample {upsample!r}: expected a positive integer")
+        upsample = check_int("--upsample", upsample)
         return TaskOptions(task, views, None, None, noise, ct_operator, int(upsample))
     return TaskOptions(task, None if views is None else int(views), None, None, noise)
 

@@ -1,4 +1,4 @@
-"""Bayesian optimisation of sampler hyperparameters on validation images (DESIGN.md §2.7), and presets.
+"""Bayesian optimisation of sampler hyperparameters on validation images (docs/design.md §4.3), and presets.
 
 `tune(...)` searches, with optuna's Gaussian-process sampler (GPSampler: Matérn-5/2 GP, log
 expected improvement; the first `startup_trials` points are uniform random):
@@ -19,43 +19,44 @@ run resumes with its earlier trials (load_if_exists). `trials` is the total numb
 completed trials wanted: a rerun adds the missing ones, and several worker processes (same
 command, same storage and study name, a different --worker number each) share one study and stop
 together. Trials of a killed worker are marked failed by the storage heartbeat (after 2
-minutes) and are not counted. A study records its configuration; another configuration
-under the same name is refused. The best parameters are written atomically after every
-trial as a YAML preset that `eval` and `reconstruct` read with `load_preset`.
+minutes) and are not counted. A study records its configuration (the fixed solver settings
+included); another configuration under the same name is refused. The best parameters are
+written atomically after every trial as a YAML preset that `eval` and `reconstruct` read
+(`sampling.settings.load_preset`); an existing file that is not this study's preset is refused
+(`check_preset_output`). The fixed settings come from `base_settings`: the same precedence as
+reconstruct and eval (reference < tuned preset < --steps < --set; `sampling.settings`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import optuna
 import torch
+import yaml
+from optuna.samplers import GPSampler
+from optuna.trial import TrialState
 
-from . import atomic
+from .atomic import check_new_output
 from .data.base import derive_seed
-from .errors import Diverged, ScoreinvError, check_choice, check_range
+from .errors import Diverged, ScoreinvError, check_choice, check_int
 from .metrics import LOWER_IS_BETTER, METRICS, NEEDS_METAL_MASK, get_metric
-from .sampling.solvers import SOLVERS, SolverConfig, solve, solver_config
-from .tasks import TASKS, Problem, slice_operator
+from .runinfo import config_diff
+from .sampling.settings import (SOLVERS, TASKS, USES, Preset, Resolved, SolverConfig, check_applies, check_param,
+                                check_targets, open_preset, resolve, shipped_model, validate, write_preset)
+from .sampling.solvers import solve
+from .tasks import Problem, slice_operator
 
-PRESET_VERSION = 1
 SNR_BOUNDS = {"ct": (0.0, 0.4), "mar": (0.0, 0.4), "mri": (0.2, 0.8)}
 HEARTBEAT_S, GRACE_S = 60, 120
+
+
 def diverged_score(metric: str) -> float:
     """The objective of a trial whose sampler diverged: the metric's lowest possible value (SSIM −1;
     PSNR 0 dB, as images are clipped to [0, 1] so the MSE is at most 1)."""
     return -1.0 if metric.startswith("ssim") else 0.0
-
-
-@dataclass
-class Preset:
-    """Tuned solver parameters: solver name, task, SolverConfig overrides and where they came from."""
-    solver: str
-    task: str
-    params: dict
-    meta: dict = field(default_factory=dict)
-    source: str = ""
 
 
 def search_space(solver: str, task: str, base: SolverConfig,
@@ -65,18 +66,18 @@ def search_space(solver: str, task: str, base: SolverConfig,
     space = _default_space(solver, task, base)
     for k, v in (bounds or {}).items():
         if k not in space:
-            raise ScoreinvError(f"bound for {k!r}: {solver} on {task} searches {sorted(space)}, not {k!r}")
+            raise ScoreinvError(f"--bound {k}: {solver} on {task} searches {sorted(space)}, not {k!r}")
         try:
             lo, hi = (float(b) for b in v)
         except (TypeError, ValueError):
-            raise ScoreinvError(f"bound for {k!r}: expected two numbers LOW,HIGH, got {v!r}") from None
+            raise ScoreinvError(f"--bound {k}: expected two numbers LOW,HIGH, got {v!r}") from None
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ScoreinvError(f"bound for {k!r}: expected finite LOW < HIGH, got {lo:g}, {hi:g}")
+            raise ScoreinvError(f"--bound {k}: expected finite LOW < HIGH, got {lo:g}, {hi:g}")
         log = space[k][2]
         if log and lo <= 0:
-            raise ScoreinvError(f"bound for {k!r}: searched on a log scale, so LOW must be > 0 (got {lo:g})")
+            raise ScoreinvError(f"--bound {k}: searched on a log scale, so LOW must be > 0 (got {lo:g})")
         for b in (lo, hi):      # both ends must be valid solver parameters
-            solver_config(solver, task, **{k: b})
+            check_param(k, b, "--bound ", solver)
         space[k] = (lo, hi, log)
     return space
 
@@ -96,46 +97,36 @@ def _default_space(solver: str, task: str, base: SolverConfig) -> dict[str, tupl
     return {"zeta": (0.01, 10.0, True)}
 
 
-def load_preset(path, solver: str | None = None, task: str | None = None) -> Preset:
-    """Read a YAML preset written by `tune` (or by hand: solver, task, params); validate it
-    against SolverConfig, and against `solver` / `task` when given."""
-    import yaml
-    p = Path(path)
-    try:
-        d = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ScoreinvError(f"preset {str(path)!r}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ScoreinvError(f"preset {str(path)!r}: not a readable YAML file ({type(e).__name__})") from None
-    if not isinstance(d, dict) or not {"solver", "task", "params"} <= set(d) or not isinstance(d["params"], dict):
-        raise ScoreinvError(f"preset {str(path)!r}: expected a YAML mapping with solver, task and params "
-                            "(as written by `scoreinv tune`)")
-    s, t = str(d["solver"]), str(d["task"])
-    check_choice("solver (in preset)", s, SOLVERS)
-    check_choice("task (in preset)", t, TASKS)
-    if solver is not None and s != solver:
-        raise ScoreinvError(f"preset {str(path)!r} is for solver {s!r}, not {solver!r}")
-    if task is not None and t != task:
-        raise ScoreinvError(f"preset {str(path)!r} was tuned for task {t!r}, not {task!r}")
-    try:
-        solver_config(s, t, **d["params"])
-    except ScoreinvError as e:
-        raise ScoreinvError(f"preset {str(path)!r}: {e}") from None
-    meta = {k: v for k, v in d.items() if k not in ("solver", "task", "params")}
-    return Preset(s, t, dict(d["params"]), meta, str(path))
+def base_settings(task: str, solver: str, preset=None, steps=None, sets: dict | None = None, noisy: bool = False,
+                  checkpoint: str | None = None) -> Resolved:
+    """The settings a study starts from (its fixed parameters; the searched ones are replaced by
+    each trial's): `settings.resolve`, as reconstruct and eval resolve theirs. preset: a file,
+    'reference' or None (the shipped model's tuned preset); sets: parse_sets of --set."""
+    sets = sets or {}
+    check_targets(sets, ("solver", solver))
+    check_applies(sets, [solver])
+    return resolve(task, solver, preset=open_preset(preset, solver, task), model=shipped_model(checkpoint),
+                   steps=steps, sets=sets, noisy=noisy)
 
 
-def write_preset(path, preset: Preset) -> None:
-    """Write `preset` as YAML, atomically."""
-    import yaml
-    d = {"solver": preset.solver, "task": preset.task, "params": preset.params, **preset.meta}
-    atomic.write_text(path, "# scoreinv solver preset (scoreinv tune); use with --preset\n"
-                      + yaml.safe_dump(d, sort_keys=False))
+def check_preset_output(path, study_name: str, overwrite: bool = False, storage: str | None = None) -> Path:
+    """Refuse, before any trial, an --out that cannot be written or that exists and is not this
+    study's own preset (which a resumed study replaces); --overwrite replaces any preset file."""
+    db = storage[len("sqlite:///"):] if storage and storage.startswith("sqlite:///") else None
+    p = check_new_output(path, overwrite=True, flag="--out", inputs=[db])
+    if p.exists() and not overwrite:
+        try:
+            d = yaml.safe_load(p.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            d = None
+        if not (isinstance(d, dict) and d.get("study") == study_name and {"solver", "task", "params"} <= set(d)):
+            raise ScoreinvError(f"--out {p}: exists and is not the preset of study {study_name!r}; "
+                                "pass --overwrite to replace it, or choose another --out")
+    return p
 
 
 def open_storage(url: str):
     """An optuna RDB storage with heartbeat for `url` (sqlite:///file.db, postgresql+psycopg2://...)."""
-    import optuna
     if not isinstance(url, str) or "://" not in url:
         raise ScoreinvError(f"--storage {url!r}: expected a database URL such as sqlite:///study.db or "
                             "postgresql+psycopg2://user:password@host/dbname")
@@ -179,32 +170,34 @@ def objective_value(model, problem: Problem, cfg: SolverConfig, metric: str, bat
 
 
 def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, study_name: str, config: dict,
-         metric: str = "ssim", base: dict | None = None, seed: int = 0, worker: int = 0,
+         metric: str = "ssim", base: Resolved | None = None, seed: int = 0, worker: int = 0,
          batch_size: int = 8, device="cpu", startup_trials: int = 10, out: str | None = None,
          bounds: dict | None = None, log=print) -> dict:
     """Run (or resume) the study until it holds `trials` completed trials; write the preset to `out`.
 
-    problem: the validation problem (tasks.build_problem of validation images); base: fixed
-    solver overrides (e.g. steps); config: what identifies the study (data, options, model,
-    metric...), stored in the study and compared on resume; seed: of the solvers (part of the
+    problem: the validation problem (tasks.build_problem of validation images); base: the
+    settings the study starts from (`base_settings`; default: the reference preset), whose
+    unsearched parameters stay fixed and enter the study's configuration; config: what
+    identifies the study (data, options, model, metric...), stored in the study and compared on
+    resume; the preset written holds base's parameters above the reference (tuned preset,
+    --steps, --set) and the best searched ones; seed: of the solvers (part of the
     objective); worker: enters only the sampler's seed (give parallel workers different ones);
     bounds: {parameter: (low, high)} replacing default search ranges (search_space).
     Returns {best_value, best_params, n_complete, preset}.
     """
-    import optuna
-    from optuna.samplers import GPSampler
-    from optuna.trial import TrialState
-
     task = problem.task
     check_choice("metric", metric, [m for m in METRICS if m not in LOWER_IS_BETTER])
     if metric in NEEDS_METAL_MASK and task != "mar":
         raise ScoreinvError(f"metric {metric!r} needs a metal mask; it applies to task mar only")
-    check_range("--trials", trials, 1)
-    check_range("--startup-trials", startup_trials, 1)
-    base = dict(base or {})
-    base_cfg = solver_config(solver, task, **base)
-    space = search_space(solver, task, base_cfg, bounds)
-    config = {**config, "solver": solver, "task": task, "metric": metric, "base": base,
+    check_int("--trials", trials)
+    check_int("--startup-trials", startup_trials)
+    base = base if base is not None else resolve(task, solver, preset="reference")
+    if base.cfg.name != solver:
+        raise ScoreinvError(f"tune: base settings are for solver {base.cfg.name!r}, not {solver!r}")
+    space = search_space(solver, task, base.cfg, bounds)
+    fixed = {k: getattr(base.cfg, k) for k in USES[solver] if k not in space}
+    keep = {k: v for k, v in base.explicit().items() if k not in space}
+    config = {**config, "solver": solver, "task": task, "metric": metric, "base": fixed,
               "space": {k: list(v) for k, v in space.items()}}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_storage(storage)
@@ -213,7 +206,6 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
     if old is None:
         study.set_user_attr("scoreinv_config", config)
     elif old != config:
-        from .evaluate import config_diff
         diff = config_diff(old, config)
         raise ScoreinvError(f"study {study_name!r} in {storage} was made with another configuration (differs in: "
                             f"{', '.join(diff)}); use another --study-name")
@@ -225,7 +217,7 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
 
     def objective(trial):
         params = {k: trial.suggest_float(k, lo, hi, log=lg) for k, (lo, hi, lg) in space.items()}
-        cfg = solver_config(solver, task, **{**base, **params})
+        cfg = validate(dataclasses.replace(base.cfg, **params))
         try:
             return objective_value(model, problem, cfg, metric, batch_size, seed, device)
         except Diverged as e:
@@ -242,7 +234,7 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
         best = max(finite, key=lambda t: t.value)
         if out:
             n = len(done)
-            write_preset(out, Preset(solver, task, {**base, **best.params},
+            write_preset(out, Preset(solver, task, {**keep, **best.params},
                                      {metric: float(best.value), "trials": n, "study": study_name,
                                       "setting": config.get("setting"), "data": config.get("data"),
                                       "n_images": int(problem.x.shape[0])}))
@@ -270,7 +262,7 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
                             "or failed); narrow the search with --bound or give the solver more --steps")
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return {"best_value": float(best.value), "best_params": dict(best.params), "n_complete": n,
-            "preset": {**base, **best.params}}
+            "preset": {**keep, **best.params}}
 
 
 def _fmt(params: dict) -> str:

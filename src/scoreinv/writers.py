@@ -9,9 +9,10 @@ that scale; `.nii.gz` and `.dcm` hold original units, value = offset + scale x i
 [-1024, 3200] HU, MRI keeps [0, 1]). Standard-deviation maps use scale x std (no offset).
 
 Geometry: pixel (r, c) of slice k lies at IPP_k + c Δc e_row + r Δr e_col (DICOM, LPS, mm).
-NIfTI volumes store slice k as vol[:, :, k] = rot90(slice, -1) (the inverse of how
-`scoreinv simulate` reads NIfTI), so vol[i, j, k] = slice_k[H-1-j, i] and the RAS affine is
-diag(-1, -1, 1) [Δc e_row, -Δr e_col, step, IPP_0 + (H-1) Δr e_col].
+The display volume (S, H, W), voxel (k, r, c), has the LPS affine [step, Δr e_col, Δc e_row, IPP_0];
+NIfTI files store it in RAS order through `data.orientation.display_to_nifti`, the inverse of how
+every reader lays a NIfTI out (docs/design.md §7.2), so a NIfTI read, reconstructed and written
+comes back voxel for voxel on its own grid.
 
 Every file is written atomically (`scoreinv.atomic`); a DICOM series folder is built in a
 temporary folder beside the target and swapped into place (`atomic.atomic_dir`).
@@ -22,9 +23,11 @@ import datetime
 import os
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from .atomic import atomic_dir, atomic_path
+from .data import orientation
 from .errors import ScoreinvError
 from .source_record import HU_WINDOW, IDENTITY_TAGS, OutputMeta
 
@@ -121,18 +124,16 @@ def _write_png(path, vol: np.ndarray, kind: str) -> str:
 
 
 def nifti_affine(meta: OutputMeta, n: int, h: int) -> np.ndarray:
-    """The RAS affine (4, 4) of a volume written by `_write_nifti` (see the module docstring)."""
+    """The RAS affine (4, 4) of the display volume (S, H, W), voxel (k, r, c) (module docstring)."""
     e_row, e_col, pos, step, dr, dc = _frame(meta, n)
     a = np.eye(4)
-    a[:3, 0], a[:3, 1], a[:3, 2] = dc * e_row, -dr * e_col, step
-    a[:3, 3] = pos[0] + (h - 1) * dr * e_col
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ a  # DICOM LPS -> NIfTI RAS
+    a[:3, 0], a[:3, 1], a[:3, 2], a[:3, 3] = step, dr * e_col, dc * e_row, pos[0]
+    return orientation.LPS @ a  # DICOM LPS -> NIfTI RAS
 
 
 def _write_nifti(path, vol: np.ndarray, meta: OutputMeta, kind: str, ext: str) -> str:
-    import nibabel as nib
-    data = np.stack([np.rot90(s, -1) for s in meta.values(vol, kind)], axis=-1).astype(np.float32)
-    img = nib.Nifti1Image(data, nifti_affine(meta, vol.shape[0], vol.shape[1]))
+    img = orientation.display_to_nifti(meta.values(vol, kind).astype(np.float32),
+                                       nifti_affine(meta, vol.shape[0], vol.shape[1]))
     # scanner coordinates when the geometry came from DICOM; a NIfTI input's own code; else aligned
     code = 1 if meta.from_dicom else (meta.nifti_code or 2)
     img.set_sform(img.affine, code=code)

@@ -1,4 +1,4 @@
-"""Classical reconstruction baselines (DESIGN.md §1.4, §3): FBP, SIRT, CGLS, TV (PDHG),
+"""Classical reconstruction baselines (docs/design.md §4.2): FBP, SIRT, CGLS, TV (PDHG),
 zero-filled and CS (wavelet, TV) MRI, LI and NMAR for metal-artifact reduction.
 
 All are torch, batched over (B, ...) measurements, generic over `LinearOperator`, and return a

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ScoreinvError, check_range
+from ..errors import ScoreinvError, check_int, check_range
 from ..physics.base import LinearOperator
 
 NORM_SAFETY = 1.02
@@ -32,9 +32,7 @@ def check_operator(op) -> LinearOperator:
 
 
 def check_iters(iters, name: str = "iters") -> int:
-    if isinstance(iters, bool) or int(iters) != iters or int(iters) < 1:
-        raise ScoreinvError(f"{name} = {iters!r}; expected a positive integer")
-    return int(iters)
+    return check_int(name, iters)
 
 
 def image_dtype(op: LinearOperator, y: torch.Tensor) -> torch.dtype:

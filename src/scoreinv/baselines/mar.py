@@ -13,7 +13,7 @@
 and which has `fbp`, or a MAR operator wrapping one (`physics.mar.MarOperator`: its `ct` and
 `keep`); `trace` is a bool mask broadcastable to y (True = ray hits metal; default ~keep for a
 MAR operator). y is in the scale of `op.forward` of [0, 1] images (`physics.mar.mar_measurement`).
-Thresholds are in the image scale of `op.fbp` (default: the [0, 1] scale of DESIGN.md §2.6,
+Thresholds are in the image scale of `op.fbp` (default: the [0, 1] scale of docs/design.md §7.1,
 -500 HU and +500 HU).
 """
 from __future__ import annotations

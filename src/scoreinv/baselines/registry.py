@@ -7,7 +7,8 @@
 
 `choose_weight` evaluates that parameter on a grid over VALIDATION pairs (y_val, x_val) and
 returns the value with the best mean metric (PSNR by default; the first on ties). Never call it
-on test images: the chosen value is then used unchanged on the test set.
+on test images: the chosen value is then used unchanged on the test set. A caller that saves
+each candidate's score (`on_score`) can resume a cut-short search (`known`): eval does.
 """
 from __future__ import annotations
 
@@ -87,11 +88,14 @@ class WeightChoice:
 
 
 def choose_weight(method: str | Baseline, op: LinearOperator, y_val: torch.Tensor, x_val: torch.Tensor,
-                  grid=None, metric: str = "psnr", metal_mask=None, **kwargs) -> WeightChoice:
+                  grid=None, metric: str = "psnr", metal_mask=None, known: dict | None = None,
+                  on_score: Callable[[float, float], None] | None = None, **kwargs) -> WeightChoice:
     """Grid search of a baseline's parameter on validation data (module docstring).
 
     y_val: (B, *meas) validation measurements; x_val: (B, 1, H, W) their ground truth in [0, 1];
     grid: values to try (default: the baseline's `default_grid`, log-spaced for weights);
+    known: {value: mean metric} of candidates scored before (on the same data), not recomputed;
+    on_score(value, score): called after each newly computed candidate (to save it);
     kwargs: passed to the baseline unchanged (e.g. iters for tv).
     """
     b = method if isinstance(method, Baseline) else get_baseline(method)
@@ -107,7 +111,11 @@ def choose_weight(method: str | Baseline, op: LinearOperator, y_val: torch.Tenso
     if not grid:
         raise ScoreinvError("choose_weight: empty grid")
     scores = []
+    known = known or {}
     for v in grid:
+        if v in known:
+            scores.append(float(known[v]))
+            continue
         rec = b(op, y_val, **{b.param: v}, **kwargs)
         xr = rec.x.abs() if rec.x.is_complex() else rec.x           # magnitude of complex images
         vals = fn(xr, x_val, metal_mask=metal_mask) if metric in NEEDS_METAL_MASK else fn(xr, x_val)
@@ -115,6 +123,8 @@ def choose_weight(method: str | Baseline, op: LinearOperator, y_val: torch.Tenso
         if s != s:
             raise ScoreinvError(f"choose_weight: {metric} is NaN for {b.param} = {v}")
         scores.append(s)
+        if on_score is not None:
+            on_score(v, s)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     best = int(np.argmax(sign * np.asarray(scores)))
     return WeightChoice(grid[best], b.param, metric, grid, tuple(scores), best in (0, len(grid) - 1))

@@ -3,41 +3,71 @@ from __future__ import annotations
 
 import argparse
 
+from ..bench import emit
+from ..bench.physics import run as bench_physics
+from ..bench.sampler import run as bench_sampler
+from ..bench.train import check_groups, run as bench_train
+from ..errors import check_int, check_range
+
 PARTS = ("train", "physics", "sampler")
+
+HELP = """Benchmarks measured side by side in one run, printed as `key: value` lines under `# bench PART`.
+
+- train: training images/s of each speed variant (fp32/bf16 autocast, channels-last, torch.compile,
+  Adam implementation, data workers, batch size) against the float32 and bf16 matmul peaks measured
+  in the same run, and the chosen variant, cached for `scoreinv train` (unless --no-save);
+- physics: CT projector and FBP against ASTRA and scikit-image on a --size x --size Shepp-Logan
+  phantom, 180 parallel-beam views (default 256);
+- sampler: time outside the network in the projection solver (64x64, --batch-size images, --steps
+  noise levels, CT and MRI).
+
+  scoreinv bench
+  scoreinv bench train --seconds 3
+  scoreinv bench physics --size 128
+  scoreinv bench sampler --checkpoint ct64 --steps 10
+"""
 
 
 def register(sub):
-    p = sub.add_parser(
-        "bench", help="run benchmarks (train, physics, sampler; all with no argument)",
-        description="Benchmarks measured side by side in one run, printed as `key: value` lines. "
-                    "train: training images/s against the measured float32 matmul peak (and bf16 autocast); "
-                    "physics: CT projector and FBP against ASTRA and scikit-image on a 256x256 Shepp-Logan "
-                    "phantom, 180 views; sampler: time outside the network in the projection solver "
-                    "(64x64, batch 8, CT and MRI).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("bench", help="run benchmarks (train, physics, sampler; all with no argument)",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", nargs="?", choices=PARTS, help="which benchmark; all when omitted")
-    p.add_argument("--preset", default="ct64", help="model preset for `train`")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size for `train` (default: the preset's)")
-    p.add_argument("--checkpoint", default=None, help="model for `sampler` (default: an untrained ct64 network)")
+    p.add_argument("--preset", default="ct64", help="train: model preset (default ct64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="train: batch size (default: the preset's); sampler: images per batch (default 8)")
+    p.add_argument("--checkpoint", default=None, help="sampler: model (default: an untrained ct64 network)")
+    p.add_argument("--seconds", type=float, default=3.0, help="train: seconds per variant (default 3)")
+    p.add_argument("--groups", default="layouts,compile,adam,data,batch",
+                   help="train: variant groups, comma-separated (layouts, compile, adam, data, batch; default all)")
+    p.add_argument("--threads", type=int, default=None, help="train: torch threads (default: torch's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="train: device (default auto)")
+    p.add_argument("--no-save", action="store_true", help="train: do not write the per-machine speed choice "
+                   "(~/.cache/scoreinv/train_probe.json) that `scoreinv train` reads")
+    p.add_argument("--size", type=int, default=256, help="physics: image size N of the N x N phantom (default 256)")
+    p.add_argument("--steps", type=int, default=20, help="sampler: noise levels (default 20)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
-    from ..bench import emit as _print
-
     parts = [args.part] if args.part else list(PARTS)
+    groups = check_groups(args.groups)          # every option is checked before the first part runs
+    check_range("--seconds", args.seconds, 0.0)
+    check_int("--size", args.size, 16)
+    check_int("--steps", args.steps)
+    if args.batch_size is not None:
+        check_int("--batch-size", args.batch_size)
+    if args.threads is not None:
+        check_int("--threads", args.threads)
     for part in parts:
         if part == "train":
-            from ..bench.train import run as bench_train
-            _print(part, bench_train(args.preset, args.batch_size))
+            emit(bench_train(args.preset, args.batch_size, seconds=args.seconds, groups=groups, device=args.device,
+                             threads=args.threads, save=not args.no_save), part)
         elif part == "physics":
-            from ..bench.physics import run as bench_physics
-            res = bench_physics()
+            res = bench_physics(n=args.size)
             if res.get("astra_available") == 0.0:
                 print("astra: NOT AVAILABLE (the `astra` module could not be imported); no ASTRA numbers reported")
-            _print(part, res)
+            emit(res, part)
         else:
-            from ..bench.sampler import run as bench_sampler
-            _print(part, bench_sampler(checkpoint=args.checkpoint))
+            emit(bench_sampler(batch=args.batch_size or 8, steps=args.steps, checkpoint=args.checkpoint), part)
     return 0

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
-from ..errors import ScoreinvError
+import torch
+
+from ..atomic import check_new_output
+from ..data import BUILTIN_DATASETS, DESCRIPTIONS, build_dataset
+from ..data.folder import check_fractions
+from ..data.readers import skipped_line
+from ..errors import ScoreinvError, check_int
+from ..imaging import save_grid
+from ..physics.mar_spectra import HU_MAX, HU_MIN
 
 HELP = """Inspect training data: what would be loaded, and how it would be split.
 
@@ -43,8 +52,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--normalize", choices=("auto", "minmax", "window"),
                    help="per-volume scaling to [0, 1]: auto (HU window for CT, min-max otherwise; default), "
                         "minmax, window (HU window --hu-min..--hu-max)")
-    q.add_argument("--hu-min", type=float, help="HU mapped to 0 (default -1024)")
-    q.add_argument("--hu-max", type=float, help="HU mapped to 1 (default 3200)")
+    q.add_argument("--hu-min", type=float, help=f"HU mapped to 0 (default {HU_MIN:g})")
+    q.add_argument("--hu-max", type=float, help=f"HU mapped to 1 (default {HU_MAX:g})")
     q.add_argument("--fit", choices=("pad", "crop"), help="keep the aspect ratio by padding (default) or "
                    "centre-cropping to a square")
     q.add_argument("--split-by", choices=("patient", "volume"), help="unit of the split: patient (default) "
@@ -55,14 +64,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--values", action="store_true", help="also read every volume to report its value range")
     q.add_argument("--max-volumes", type=int, default=50, help="list at most this many volumes (default 50)")
     q.add_argument("--preview", metavar="PNG", help="write a grid of 16 images of the split to PNG")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --preview file")
     q.add_argument("--json", action="store_true", help="print the description as JSON")
     q.set_defaults(func=run_inspect)
     return p
 
 
 def _options(args) -> dict:
-    from ..data import BUILTIN_DATASETS
-
     opts = {"axis": args.axis, "normalize": args.normalize, "hu_min": args.hu_min, "hu_max": args.hu_max,
             "fit": args.fit, "split_by": args.split_by,
             "fractions": tuple(args.fractions) if args.fractions else None}
@@ -84,17 +92,19 @@ def _fmt_range(r) -> str:
 
 
 def run_inspect(args) -> int:
-    import torch
-
-    from ..data import build_dataset
-
-    if args.max_volumes < 0:
-        raise ScoreinvError(f"--max-volumes must be >= 0, got {args.max_volumes}")
+    check_int("--size", args.size, lo=8, hi=4096)
+    check_int("--max-volumes", args.max_volumes)
+    if args.fractions is not None:
+        check_fractions(args.fractions, "--fractions")
+    lo = HU_MIN if args.hu_min is None else args.hu_min
+    hi = HU_MAX if args.hu_max is None else args.hu_max
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ScoreinvError(f"--hu-min {lo:g} / --hu-max {hi:g}: expected finite values with --hu-min < --hu-max")
+    if args.preview:
+        check_new_output(args.preview, overwrite=args.overwrite, flag="--preview", inputs=[args.path])
     ds = build_dataset(args.path, args.split, args.size, seed=args.seed, **_options(args))
     d = ds.describe(values=True) if args.values and hasattr(ds, "refs") else ds.describe()
     if args.preview:
-        from ..imaging import save_grid
-
         x = ds.sample_batch(min(16, len(ds)), torch.Generator().manual_seed(args.seed))
         save_grid(x, args.preview)
     if args.json:
@@ -103,8 +113,6 @@ def run_inspect(args) -> int:
     print(f"dataset   {d['name']} ({d['kind']})")
     print(f"split     {d['split']}: {d['images']} image(s) of {d['image_size']}x{d['image_size']}, values in [0, 1]")
     if "volumes" not in d:
-        from ..data import DESCRIPTIONS
-
         print(f"about     {DESCRIPTIONS.get(d['name'], d['kind'])}")
         for k, v in d.items():
             if k not in ("name", "kind", "split", "images", "image_size"):
@@ -123,8 +131,8 @@ def run_inspect(args) -> int:
             extra += f" dataset {v['dataset']}" if "dataset" in v else ""
             print(f"  {v['name']}: {v['kind']} {tuple(v['shape'])} {'HU' if v['hu'] else 'not HU'} "
                   f"-> {v['slices']} slice(s), {v['split']}, {v['normalize']}{extra}")
-        if d["skipped_files"]:
-            print(f"skipped   {len(d['skipped_files'])} file(s) of unknown type, e.g. {d['skipped_files'][0]}")
+        if ds.skipped:
+            print(skipped_line(ds.skipped, args.path))
     if args.preview:
         print(f"preview   {args.preview}")
     return 0

@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+from pathlib import Path
+
+from ..atomic import check_new_output
+from ..demo import cases, run_demo
+from ..errors import ScoreinvError, check_choice, check_int
+from ..sampling.settings import SOLVERS
 
 
 def register(sub):
@@ -15,7 +22,8 @@ def register(sub):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output directory (resumes a killed demo)")
     p.add_argument("--solver", default="dds", help="score solver (dds is the fast one; projection is the paper's)")
-    p.add_argument("--steps", type=int, default=None, help="noise levels for the score solver (default: its preset)")
+    p.add_argument("--steps", type=int, default=None, help="noise levels for the score solver (default: the tuned preset "
+                   "of its shipped model, e.g. 50 for dds)")
     p.add_argument("--num-images", type=int, default=4, help="held-out images per case")
     p.add_argument("--ct-checkpoint", default="ct64", help="CT model (shipped name, file or work dir)")
     p.add_argument("--mri-checkpoint", default="mri64", help="MRI model (shipped name, file or work dir)")
@@ -27,22 +35,21 @@ def register(sub):
 
 
 def run(args) -> int:
-    import shutil
-    from pathlib import Path
-
-    from ..demo import cases, run_demo
-    from ..errors import ScoreinvError
-
-    if args.num_images < 1:
-        raise ScoreinvError(f"--num-images must be positive, got {args.num_images}")
+    check_int("--num-images", args.num_images)
+    if args.steps is not None:
+        check_int("--steps", args.steps)
+    check_choice("--solver", args.solver, SOLVERS)
     out = Path(args.out)
-    if args.overwrite and out.exists():
+    check_new_output(out / "metrics.json", overwrite=True, flag="--out")     # a folder we can write in
+    if out.is_dir():
         ours = {c.name for c in cases(1)} | {"demo.png", "metrics.md", "metrics.json"}
-        foreign = [p.name for p in out.iterdir() if p.name not in ours]
+        foreign = [p.name for p in out.iterdir()
+                   if p.name not in ours and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
         if foreign:
-            raise ScoreinvError(f"--overwrite: {out} holds files the demo did not write ({', '.join(foreign[:3])}); "
-                                f"refusing to delete it")
-        shutil.rmtree(out)
+            raise ScoreinvError(f"--out {out}: holds files the demo did not write ({', '.join(foreign[:3])}); "
+                                "give a new folder or an earlier demo's")
+        if args.overwrite:
+            shutil.rmtree(out)
     run_demo(out, solver=args.solver, steps=args.steps, num_images=args.num_images,
              checkpoints={"ct64": args.ct_checkpoint, "mri64": args.mri_checkpoint}, seed=args.seed)
     return 0

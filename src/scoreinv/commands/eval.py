@@ -7,21 +7,30 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+
+from ..data.base import check_image_size
+from ..evaluate import check_out_dir, evaluate, resolve_methods
+from ..sampling.settings import SOLVERS, noisy_level, open_preset, parse_sets
 
 HELP = """Evaluate reconstructions against ground truth on a dataset split.
 
-  scoreinv eval --checkpoint runs/ct64 --task ct --views 23 --data phantoms --split test \\
-      --solvers fbp,tv,projection --steps 100 --num-images 16 --out results/ct23
-  scoreinv eval --checkpoint runs/mri64 --task mri --acceleration 8 --data brain \\
-      --solvers zero_filled,cs_tv,projection --preset tuned.yaml --num-images 16 --out results/mri8
-  scoreinv eval --checkpoint runs/ct64 --task mar --data phantoms --solvers li,nmar,projection --out results/mar
+  scoreinv eval --checkpoint ct64 --task ct --views 23 --data phantoms --split test \\
+      --solvers fbp,tv,projection,dds --num-images 16 --out results/ct23
+  scoreinv eval --checkpoint mri64 --task mri --acceleration 8 --data brain \\
+      --solvers zero_filled,cs_tv,projection --preset reference --num-images 16 --out results/mri8
+  scoreinv eval --checkpoint ct64 --task mar --data phantoms --solvers li,nmar,projection \\
+      --set projection.steps=20 --out results/mar
 
 Writes into --out: metrics.csv (one row per image and solver: psnr, ssim, their circle / hist
 variants for CT and MRI or metal-zeroed (psnr_mar, ssim_mar) variants for MAR, nmse, seconds,
 nfe), summary.json (one record per solver; the main psnr/ssim columns are on the FULL image,
 clipped to [0, 1], data range 1), reconstructions.npz, comparison.png. Progress is saved per
 solver and batch: rerunning the same command resumes a killed run, a larger --num-images or
-more --solvers extend it; a folder holding another configuration is refused.
+more --solvers extend it; a folder holding another configuration, or files that an evaluation
+does not write, is refused. Each summary record holds the environment it ran in (scoreinv and
+torch versions, torch thread count, device): results repeat bit for bit at the same thread
+count, not across thread counts.
 
 Solvers: score solvers baseline, langevin, langevin_projection, projection, dds, dps (need
 --checkpoint); classical baselines by task: ct fbp, sirt, cgls, tv; mri zero_filled, cgls, tv,
@@ -29,9 +38,14 @@ cs_tv, cs_wavelet; mar li, nmar, sirt, cgls, tv. Baseline weights (tv, cs_*) and
 counts (sirt, cgls) are chosen on --val-images validation images and cached in the folder,
 unless fixed with --set tv.weight=1e-3.
 
-Score-solver parameters, later ones win: the task preset (the paper's values; final_projection off
-for noisy CT/MRI data), --preset files from `scoreinv tune`, --steps, --set solver.PARAM=V (all
-score solvers) or --set NAME.PARAM=V (one solver). CT data are simulated without the inverse
+Score-solver settings, later ones win (as in reconstruct and tune): the reference preset of the
+task and solver (the paper's values), the tuned preset (a --preset FILE from `scoreinv tune` for
+its solver, else the one a shipped model brings, e.g. --checkpoint ct64: about 50 noise levels;
+--preset reference skips them), --steps, then --set solver.KEY=VALUE (every score solver), then
+--set NAME.KEY=VALUE (one solver; KEY a solver parameter, 'lambda' for lam, VALUE a YAML
+scalar). The closing hard projection is off for data noisier than the reference acquisition
+(CT/MRI --noise > 0; MAR fewer photons than the paper's 2e7). The settings of each score solver
+and where they came from are printed first. CT data are simulated without the inverse
 crime on the ParallelBeamCT geometry; --ct-operator picks what score solvers see (see
 scoreinv.tasks: radon = ParallelBeamCT + CG projection, the default; fourier = exact
 Fourier-slice decomposition of the converted sinogram).
@@ -92,7 +106,7 @@ def load_model(args, needed: bool):
         raise ScoreinvError("score solvers need --checkpoint (a checkpoint file, work directory or shipped model)")
     if args.image_size is None:
         raise ScoreinvError("without --checkpoint, give --image-size")
-    return None, None, args.image_size, device
+    return None, None, check_image_size(args.image_size, "--image-size"), device
 
 
 def data_id(spec: str) -> str:
@@ -101,8 +115,11 @@ def data_id(spec: str) -> str:
 
 
 def load_split(args, split: str, image_size: int):
-    from ..data import build_dataset
+    from ..data import BUILTIN_DATASETS, build_dataset
     from ..errors import ScoreinvError
+    if split == "all" and args.data in BUILTIN_DATASETS:
+        raise ScoreinvError(f"--split all: exists only for --data FOLDER; the built-in {args.data} have train, val "
+                            "and test")
     try:
         return build_dataset(args.data, split, image_size, seed=args.data_seed)
     except IndexError as e:
@@ -119,11 +136,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="noise levels of every score solver (default: the preset's)")
     p.add_argument("--samples", type=int, default=1, help="posterior samples per image; the mean is scored "
                    "and the std saved (default 1)")
-    p.add_argument("--set", action="append", default=[], metavar="TARGET.PARAM=VALUE",
-                   help="override a parameter: solver.snr=0.3 (every score solver), projection.lam=0.9, "
-                        "tv.weight=1e-3 (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="TARGET.KEY=VALUE",
+                   help="override a parameter: solver.snr=0.3 (every score solver), projection.lambda=0.9 "
+                        "(one solver), tv.weight=1e-3 (a baseline's); repeatable")
     p.add_argument("--preset", action="append", default=[], metavar="YAML",
-                   help="tuned parameters from `scoreinv tune` (repeatable, one per solver)")
+                   help="tuned parameters from `scoreinv tune` (repeatable, one per solver), or 'reference' "
+                        "for the reference presets instead of the shipped model's tuned ones")
     p.add_argument("--num-images", type=int, default=8, help="images of the split to evaluate (default 8)")
     p.add_argument("--val-images", type=int, default=4,
                    help="validation images for choosing baseline weights (default 4)")
@@ -133,12 +151,14 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate, parse_sets, resolve_methods
-    from ..sampling.solvers import SOLVERS
-    from ..tune import load_preset
     opts = task_options_from_args(args)
-    presets = [load_preset(p, task=opts.task) for p in args.preset]
-    methods = resolve_methods(args.solvers, opts.task, args.steps, parse_sets(args.set), presets, opts.noise)
+    presets = [open_preset(p, task=opts.task) for p in args.preset]
+    methods = resolve_methods(args.solvers, opts.task, args.steps, parse_sets(args.set), presets,
+                              noisy_level(opts.task, opts.noise), args.checkpoint)
+    check_out_dir(Path(args.out))
+    for m in methods:
+        if m.kind == "score":
+            print(f"eval: {m.origin}", flush=True)
     model, fingerprint, size, device = load_model(args, any(m.name in SOLVERS for m in methods))
     ds = load_split(args, args.split, size)
     evaluate(args.out, opts, ds, methods, args.num_images, data_id=data_id(args.data), split=args.split,

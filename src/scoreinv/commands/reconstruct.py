@@ -2,19 +2,36 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from .. import atomic
+from ..metrics import summarise
+from ..reconstruct import plan, run as run_plan, summary
+from ..sampling.settings import parse_sets
 
 HELP = """Reconstruct every slice of a measurement file (written by `scoreinv simulate`) with a
 score-based prior and one of the solvers, and write the result.
 
-  scoreinv reconstruct --checkpoint runs/ct64 --measurements meas.npz --solver projection --steps 200 --out recon.nii.gz
-  scoreinv reconstruct --checkpoint runs/mri64 --measurements knee.npz --solver dds --samples 8 --out recon.png
-  scoreinv reconstruct --checkpoint ct64 --measurements ct.npz --preset tuned.yaml --set solver.snr=0.2 --out series.dcm
+  scoreinv reconstruct --checkpoint ct64 --measurements ct.npz --solver projection --out ct_recon.nii.gz
+  scoreinv reconstruct --checkpoint mri64 --measurements brain8x.npz --solver dds --samples 8 --out brain8x.png
+  scoreinv reconstruct --checkpoint ct64 --measurements ct.npz --preset tune/ct23-projection.yaml --set solver.snr=0.2 --out series.dcm
 
 Solvers: baseline (Score SDE), langevin (annealed Langevin), langevin_projection, projection
-(the paper's method), dds (fast, ~50 steps), dps. Settings start from the task's reference preset,
-then --preset FILE (written by `scoreinv tune`), --steps, then --set solver.KEY=VALUE (e.g.
-solver.snr=0.25, solver.lam=0.9, solver.cg_iters=20, solver.final_projection=false).
-The closing hard projection with y (final_projection) is on for noise-free data, off for noisy data.
+(the paper's method), dds (fast, ~50 steps), dps. Settings, later ones win (as in eval and
+tune): the task's reference preset (the paper's values), the tuned preset (--preset FILE written
+by `scoreinv tune`, else the one a shipped model brings: --checkpoint ct64 or mri64 run each
+solver's tuned setting of about 50 noise levels; --preset reference skips it), --steps, then
+--set solver.KEY=VALUE (e.g. solver.snr=0.25, solver.lambda=0.9, solver.cg_iters=20,
+solver.final_projection=false; VALUE a YAML scalar; PROJECTION.KEY=VALUE, naming the solver,
+works too). The first line printed says where each setting came from. The closing hard
+projection with y (final_projection) is off for data noisier than the reference acquisition
+(CT/MRI with noise; MAR with fewer photons than the paper's 2e7), on otherwise.
+
+An existing output (and its _std map or DICOM series folder) is refused unless --overwrite;
+an output equal to the measurement file is always refused. --report writes a JSON record with
+the settings, their origin and the environment (scoreinv and torch versions, torch thread count,
+device): results repeat bit for bit with the same seed at the same thread count, not across
+thread counts.
 
 With --samples K > 1 the output is the posterior mean and, beside it, the pixel-wise standard
 deviation (recon_std.npy, recon_std.png, ...). Slices are solved --batch-size images at a time
@@ -38,65 +55,38 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--solver", help="baseline, langevin, langevin_projection, projection, dds or dps "
                    "(default: the preset's)")
     p.add_argument("--preset", metavar="FILE", help="solver preset YAML written by `scoreinv tune` "
-                   "({solver, task, params})")
+                   "({solver, task, params}), or 'reference' (default: the shipped model's tuned preset)")
     p.add_argument("--steps", type=int, help="noise levels (default: the solver's preset; NFE = see output)")
     p.add_argument("--samples", type=int, default=1, help="posterior samples per slice (default 1); K > 1 also "
                    "writes the standard-deviation map")
     p.add_argument("--set", action="append", default=[], metavar="solver.KEY=VALUE",
-                   help="solver parameter override (repeatable), e.g. --set solver.snr=0.2 --set solver.lam=1")
+                   help="solver parameter override (repeatable), e.g. --set solver.snr=0.2 --set solver.lambda=1")
     p.add_argument("--batch-size", type=int, default=8, help="images per network call (default 8)")
     p.add_argument("--slices", help="which slices of the file: 3, 0:8 or 0,5,9 (default: all)")
     p.add_argument("--ct-operator", choices=("fourier", "radon"),
                    help="CT sinograms: solve on the Fourier-slice decomposition (exact projection) or the "
                         "sinogram with CG (default: the project's choice, scoreinv.tasks.DEFAULT_CT_OPERATOR)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); CPU runs are reproducible")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); a run repeats bit for bit at "
+                   "the same torch thread count")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--report", metavar="JSON", help="also write a JSON record of the run (settings, NFE, time, "
-                   "metrics, files)")
+    p.add_argument("--report", metavar="JSON", help="also write a JSON record of the run (settings and their "
+                   "origin, environment, NFE, time, metrics, files)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (--out, its _std map, "
+                   "--report)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
 
 
-def parse_sets(items: list[str]) -> dict:
-    """['solver.snr=0.2', ...] -> {'solver.snr': 0.2, ...}; values read as YAML scalars."""
-    import yaml
-
-    from ..errors import ScoreinvError
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ScoreinvError(f"--set {item!r}: expected solver.KEY=VALUE")
-        key = key.strip()
-        if "." in key and not key.startswith("solver."):
-            raise ScoreinvError(f"--set {item!r}: only solver parameters can be set here (solver.KEY=VALUE)")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ScoreinvError(f"--set {item!r}: cannot read the value {value!r}") from None
-    return out
-
-
 def run(args) -> int:
-    import json
-
-    from .. import atomic
-    from ..metrics import summarise
-    from ..reconstruct import plan, run as run_plan, summary
-
     p = plan(args.checkpoint, args.measurements, args.out, solver=args.solver, steps=args.steps,
-             samples=args.samples, overrides=parse_sets(args.set), preset=args.preset, batch_size=args.batch_size,
-             seed=args.seed, device=args.device, ct_operator=args.ct_operator, slices=args.slices)
-    c = p.cfg
+             samples=args.samples, sets=parse_sets(args.set), preset=args.preset, batch_size=args.batch_size,
+             seed=args.seed, device=args.device, ct_operator=args.ct_operator, slices=args.slices,
+             overwrite=args.overwrite, report=args.report)
     h, w = p.meas.image_size
-    knobs = {"projection": ("snr", "lam"), "langevin_projection": ("snr", "lam", "corrector_steps"),
-             "baseline": ("snr", "r"), "langevin": ("snr", "r", "corrector_steps"), "dds": ("lam", "eta"),
-             "dps": ("zeta",)}[c.name]
     print(f"reconstruct: {len(p.meas)} slice(s) {h}x{w} from {args.measurements} ({p.meas.task}, {p.solve_op.name}); "
-          f"solver {c.name} (steps {c.steps}, " + ", ".join(f"{k} {getattr(c, k):g}" for k in knobs)
-          + f", final projection {'on' if c.final_projection else 'off'}), {p.samples} sample(s) per slice, "
-          f"seed {p.seed}, {p.device}", flush=True)
+          f"{p.samples} sample(s) per slice, seed {p.seed}, {p.device}\n"
+          f"solver {p.settings.describe()}", flush=True)
     r = run_plan(p, progress=not args.no_progress)
     n = len(p.meas)
     print(f"NFE per slice: {r.nfe} ({p.samples} x {r.nfe // p.samples}); {r.seconds:.1f} s "

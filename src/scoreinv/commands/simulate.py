@@ -1,27 +1,36 @@
 """`scoreinv simulate`: make measurements (CT, MRI, MAR) from images, or show a measurement file.
 
-Thin layer: read images, build the operator and noise from the options, call the simulation in
-`scoreinv.tasks` (shared with eval/tune/demo), write the file (`scoreinv.physics.measurements`).
-Input readers here are minimal (a 2-D image or a volume of slices from .npy/.npz/.png/.jpg/.tif/
-DICOM file or folder/NIfTI).
+Thin layer: read images (`scoreinv.data.readers`, the reader of the folder datasets, so one
+orientation and one HU mapping everywhere), build the operator and noise from the options, call
+the simulation in `scoreinv.tasks` (shared with eval/tune/demo), write the file
+(`scoreinv.physics.measurements`).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 import numpy as np
 import torch
+from skimage.transform import resize
 
 from .. import tasks
-from ..errors import ScoreinvError, check_finite, check_range
+from ..atomic import check_new_output
+from ..data.folder import normalise
+from ..data.readers import read_volume, skipped_line
+from ..errors import ScoreinvError, check_finite, check_int, check_range
+from ..physics.mar_spectra import HU_MAX, HU_MIN
+from ..physics.masks import make_mask
+from ..physics.measurements import save_measurements
+from ..source_record import describe_source
 
 HELP = """Simulate measurements from images.
 
-  scoreinv simulate --task ct  --views 23 --noise 1e5 --input slice.dcm --out meas.npz
-  scoreinv simulate --task mri --acceleration 8 --mask equispaced --noise 0.01 --input brain.nii.gz --out meas.npz
-  scoreinv simulate --task mar --input slice.png --size 256 --out meas.npz
-  scoreinv simulate --show meas.npz --out fig.png
+  scoreinv simulate --task ct  --views 23 --noise 1e5 --input slice.dcm --size 64 --out ct.npz
+  scoreinv simulate --task mri --acceleration 8 --mask equispaced --noise 0.01 --input brain.nii.gz --size 64 --out brain8x.npz
+  scoreinv simulate --task mar --input slice.png --size 256 --out slice_mar.npz
+  scoreinv simulate --show ct.npz --out ct.png
 
 Images are scaled to [0, 1] first (--intensity): DICOM CT in HU maps [-1024, 3200] HU to [0, 1]
 (the paper's MAR window), anything else is min-max scaled per volume. Volumes (3-D inputs)
@@ -37,11 +46,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("simulate", help="simulate CT/MRI/MAR measurements, or show a measurement file",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("ct", "mri", "mar"), help="measurement process to simulate")
-    p.add_argument("--input", help="image or volume: .npy, .npz, .png/.jpg/.tif, .dcm or a DICOM folder, .nii/.nii.gz")
+    p.add_argument("--input", help="image or volume: a DICOM file or series folder, .nii/.nii.gz, .h5, "
+                   ".png/.jpg/.tif, .npy/.npz (read as `scoreinv data inspect` reads them)")
     p.add_argument("--out", required=True, help="output .npz measurement file (with --show: the figure .png)")
     p.add_argument("--show", metavar="MEAS", help="render measurement file MEAS (measurements, mask, naive "
                    "reconstruction, ground truth) to --out instead of simulating")
     p.add_argument("--slice", type=int, default=0, help="with --show: which slice to render (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the input itself)")
     p.add_argument("--size", type=int, help="resize slices to SIZE x SIZE (non-square slices are padded first)")
     p.add_argument("--intensity", choices=("auto", "minmax", "hu", "none"), default="auto",
                    help="scaling to [0, 1]: auto (HU window for DICOM CT, else minmax), minmax per volume, "
@@ -80,119 +91,24 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-# --- reading images ---------------------------------------------------------------------------
-def _read_dicom(path: str, headers: list | None = None) -> tuple[np.ndarray, bool]:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_rescale
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(path, f) for f in os.listdir(path) if not f.startswith("."))
-    slices = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f)
-            arr = np.asarray(apply_rescale(ds.pixel_array, ds), dtype=np.float64)
-        except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError) as e:
-            if len(files) == 1:
-                raise ScoreinvError(f"{f}: not a readable DICOM image ({e})") from None
-            continue  # a folder may hold other files
-        pos = getattr(ds, "ImagePositionPatient", None)
-        key = float(pos[2]) if pos is not None else float(getattr(ds, "InstanceNumber", len(slices)))
-        slices.append((key, arr, getattr(ds, "Modality", "") == "CT", ds))
-    if not slices:
-        raise ScoreinvError(f"{path}: no readable DICOM images")
-    slices.sort(key=lambda s: s[0])
-    shapes = {s[1].shape for s in slices}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ScoreinvError(f"{path}: DICOM slices must be 2-D and of one size, got {sorted(shapes)}")
-    if headers is not None:
-        headers.extend(s[3] for s in slices)
-    return np.stack([s[1] for s in slices]), all(s[2] for s in slices)
-
-
-def read_images(path: str, dicom_headers: list | None = None) -> tuple[np.ndarray, bool]:
-    """Read an image or volume -> ((N, H, W) float64, is_hu). Raises ScoreinvError if unreadable.
-
-    For DICOM input, the datasets of the slices (in the returned order) are appended to
-    `dicom_headers` when a list is given.
-    """
-    if not path or not os.path.exists(path):
-        raise ScoreinvError(f"input {path!r}: no such file or folder")
-    low = path.lower()
-    is_hu = False
-    try:
-        if os.path.isdir(path) or low.endswith((".dcm", ".dicom", ".ima")):
-            arr, is_hu = _read_dicom(path, dicom_headers)
-        elif low.endswith(".npy"):
-            arr = np.load(path, allow_pickle=False)
-        elif low.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                keys = [k for k in ("image", "images", "volume", "ground_truth") if k in z.files]
-                if not keys and len(z.files) != 1:
-                    raise ScoreinvError(f"{path}: which array? expected a key image/images/volume or a single "
-                                        f"array, found {', '.join(z.files)}")
-                arr = z[keys[0] if keys else z.files[0]]
-        elif low.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-            vol = np.asarray(nib.load(path).get_fdata(), dtype=np.float64)
-            if vol.ndim == 4 and vol.shape[3] == 1:
-                vol = vol[..., 0]
-            if vol.ndim == 2:  # one slice: the same layout as a volume of one (the writers invert it)
-                vol = vol[..., None]
-            if vol.ndim != 3:
-                raise ScoreinvError(f"{path}: NIfTI image of shape {vol.shape}; expected a 2-D slice or a 3-D "
-                                    "volume (split 4-D series into 3-D files first)")
-            # axial slices along the last axis, shown with rows = anterior-posterior
-            arr = np.stack([np.rot90(vol[:, :, k]) for k in range(vol.shape[2])])
-        elif low.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")):
-            from PIL import Image
-            with Image.open(path) as im:
-                a = np.asarray(im)
-            arr = a[..., :3].mean(-1) if a.ndim == 3 else a
-        else:
-            raise ScoreinvError(f"{path}: unknown image format; expected .npy, .npz, .png/.jpg/.tif, "
-                                ".dcm or a DICOM folder, .nii/.nii.gz")
-    except ScoreinvError:
-        raise
-    except (OSError, ValueError, EOFError) as e:
-        raise ScoreinvError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-    arr = np.asarray(arr)
-    if arr.dtype.kind not in "biuf":
-        raise ScoreinvError(f"{path}: expected real image values, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or min(arr.shape[1:]) < 4:
-        raise ScoreinvError(f"{path}: expected a 2-D image or a volume of 2-D slices, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ScoreinvError(f"{path}: image contains NaN or Inf")
-    return arr, is_hu
-
-
+# --- preparing images (read by scoreinv.data.readers, the one reader) ---------------------------
 def prepare_images(arr: np.ndarray, is_hu: bool, intensity: str, size: int | None, square: bool) -> torch.Tensor:
-    """Scale to [0, 1], pad to square (if `square` or `size`), resize -> (N, 1, S, S) float32."""
-    from ..physics.mar_spectra import hu_to_unit
+    """Scale (N, H, W) to [0, 1] (`folder.normalise`: the HU window of `physics.mar_spectra` or
+    min-max), pad to square (if `square` or `size`), resize -> (N, 1, S, S) float32."""
+    if size is not None:
+        check_int("--size", size, lo=8)
     mode = intensity if intensity != "auto" else ("hu" if is_hu else "minmax")
-    if mode == "hu":
-        arr = np.clip(hu_to_unit(arr), 0.0, 1.0)
-    elif mode == "minmax":
-        lo, hi = float(arr.min()), float(arr.max())
-        if hi <= lo:
-            raise ScoreinvError("input image is constant; cannot min-max scale it (use --intensity none)")
-        arr = (arr - lo) / (hi - lo)
-    elif arr.min() < 0 or arr.max() > 1:
-        raise ScoreinvError(f"--intensity none: values must lie in [0, 1], got [{arr.min():g}, {arr.max():g}]")
-    n, h, w = arr.shape
+    if mode == "none":
+        if arr.min() < 0 or arr.max() > 1:
+            raise ScoreinvError(f"--intensity none: values must lie in [0, 1], got [{arr.min():g}, {arr.max():g}]")
+    else:
+        arr = normalise(arr, "window" if mode == "hu" else "minmax", HU_MIN, HU_MAX, "--input")
+    h, w = arr.shape[1:]
     if (square or size) and h != w:
         m = max(h, w)
         pad = ((0, 0), ((m - h) // 2, m - h - (m - h) // 2), ((m - w) // 2, m - w - (m - w) // 2))
         arr = np.pad(arr, pad, constant_values=float(arr.min()))
     if size:
-        if size < 8:
-            raise ScoreinvError(f"--size {size}: expected at least 8")
-        from skimage.transform import resize
         arr = np.stack([resize(a, (size, size), order=1, anti_aliasing=True, mode="edge") for a in arr])
     return torch.from_numpy(np.clip(arr, 0.0, 1.0)).float()[:, None]
 
@@ -202,50 +118,83 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+def check_options(args) -> None:
+    """Every option of the task, checked by its flag name before anything is read or computed."""
+    if args.noise is not None:
+        check_range("--noise", args.noise, 0.0)
+    for flag, v in (("--views", args.views), ("--dense-views", args.dense_views), ("--detectors", args.detectors),
+                    ("--upsample", args.upsample), ("--coils", args.coils)):
+        if v is not None:
+            check_int(flag, v)
+    if args.implants is not None:
+        check_int("--implants", args.implants)
+    for flag, v in (("--pixel-size", args.pixel_size), ("--det-spacing", args.det_spacing),
+                    ("--source-distance", args.source_distance), ("--detector-distance", args.detector_distance),
+                    ("--mu-max", args.mu_max)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ScoreinvError(f"{flag} = {v:g}: expected a positive number")
+    if args.task == "mri":
+        check_range("--acceleration", args.acceleration, 1.0)
+        if args.center_fraction is not None:
+            check_range("--center-fraction", args.center_fraction, 0.0, 1.0)
+    if args.task == "mar":
+        fixed = [o for o, v in (("--fan", args.fan), ("--detectors", args.detectors),
+                                ("--det-spacing", args.det_spacing), ("--dense-views", args.dense_views)) if v]
+        if fixed:
+            raise ScoreinvError(f"{', '.join(fixed)}: MAR uses the paper's scanner (N views over 180 degrees, "
+                                "ceil(sqrt(2) N) bins over the diagonal); only --pixel-size and --views can change")
+
+
+def check_geometry(args, n: int) -> None:
+    """The options that depend on the image size N (after --size)."""
+    dense = args.dense_views if args.dense_views is not None else n
+    if args.views is not None and not args.fan:
+        check_int("--views", args.views, 1, dense)
+    if args.task == "mri":
+        try:
+            make_mask(args.mask, (n, n), args.acceleration, args.center_fraction, seed=0)
+        except ScoreinvError as e:
+            raise ScoreinvError(f"--acceleration/--mask: {e}") from None
+
+
 def simulate_ct(args, x: torch.Tensor, g: torch.Generator):
     """Sinograms of x (N, 1, S, S), projected on an `--upsample`-times finer grid (bicubic)."""
     geometry = tasks.ct_geometry(x.shape[-1], args.views, args.dense_views, args.fan, args.pixel_size,
                                  args.detectors, args.det_spacing, args.source_distance, args.detector_distance)
-    if args.upsample < 1:
-        raise ScoreinvError(f"--upsample {args.upsample}: expected a positive integer")
-    if args.noise < 0:
-        raise ScoreinvError(f"--noise {args.noise}: expected photons per ray >= 0")
-    return tasks.simulate_ct(x, g, geometry, args.upsample, args.noise, check_range("--mu-max", args.mu_max, 1e-9))
+    return tasks.simulate_ct(x, g, geometry, args.upsample, args.noise, args.mu_max)
 
 
 def simulate_mri(args, x: torch.Tensor, g: torch.Generator):
     """k-space of x (N, 1, H, W): single coil (CartesianMRI) or SENSE with birdcage maps."""
-    if args.coils < 1:
-        raise ScoreinvError(f"--coils {args.coils}: expected at least 1")
-    if args.noise < 0:
-        raise ScoreinvError(f"--noise {args.noise}: expected a relative standard deviation >= 0")
     return tasks.simulate_mri(x, g, args.mask, args.acceleration, args.center_fraction, args.coils, args.noise)
 
 
 def simulate_mar_task(args, x: torch.Tensor, g: torch.Generator):
     """Metal-artifact scans of x (N, 1, S, S): the MAR operator, its measurements and the images."""
-    fixed = [o for o, v in (("--fan", args.fan), ("--detectors", args.detectors), ("--det-spacing", args.det_spacing),
-                            ("--dense-views", args.dense_views)) if v]
-    if fixed:
-        raise ScoreinvError(f"{', '.join(fixed)}: MAR uses the paper's scanner (N views over 180 degrees, "
-                            "ceil(sqrt(2) N) bins over the diagonal); only --pixel-size and --views can change")
-    if args.noise < 0:
-        raise ScoreinvError(f"--noise {args.noise}: expected photons per ray >= 0")
     return tasks.simulate_mar(x, g, args.views, args.pixel_size, args.implants, args.metal, args.noise)
 
 
 def run(args) -> int:
     if args.show:
-        return show(args.show, args.out, args.slice)
+        return show(args.show, args.out, args.slice, overwrite=args.overwrite)
     if not args.task or not args.input:
         raise ScoreinvError("simulate needs --task and --input (or --show MEAS)")
-    from ..physics.measurements import save_measurements
-    from ..source_record import describe_source
-    headers: list = []
-    arr, is_hu = read_images(args.input, headers)
+    if not str(args.out).lower().endswith(".npz"):
+        raise ScoreinvError(f"--out {args.out}: expected a .npz measurement file name")
+    check_options(args)
+    if args.size is not None:
+        check_int("--size", args.size, lo=8)
+    check_new_output(args.out, overwrite=args.overwrite, inputs=[args.input])
+    vol = read_volume(args.input)
+    if vol.meta["skipped"]:
+        print(skipped_line(vol.meta["skipped"], args.input))
+    arr, is_hu = vol.data, vol.meta["hu"]
     square = args.task in ("ct", "mar")
     x = prepare_images(arr, is_hu, args.intensity, args.size, square=square)
-    source = describe_source(args.input, arr, is_hu, args.intensity, args.size, square, headers)
+    check_geometry(args, x.shape[-1])
+    source = describe_source(args.input, arr, is_hu, args.intensity, args.size, square, vol.meta.get("headers"),
+                             affine=vol.meta.get("affine"), positions=vol.meta.get("positions"),
+                             kind=vol.meta["kind"])
     g = _generator(args.seed)
     sim = {"ct": simulate_ct, "mri": simulate_mri, "mar": simulate_mar_task}[args.task](args, x, g)
     op, y, noise, extras = sim.op, sim.y, sim.noise, sim.extras
@@ -275,8 +224,11 @@ def _least_squares(op, y: torch.Tensor) -> tuple[str, torch.Tensor]:
     return "least squares (CG, 30 it.)", op.lstsq(y, x0, iters=30)[0, 0]
 
 
-def show(path: str, out: str, index: int = 0) -> int:
-    """Render slice `index` of a measurement file to a PNG (Agg backend)."""
+def show(path: str, out: str, index: int = 0, overwrite: bool = False) -> int:
+    """Render slice `index` of a measurement file to a PNG (Agg backend); only a .png is written."""
+    if not str(out).lower().endswith(".png"):
+        raise ScoreinvError(f"--out {out}: with --show, expected a .png figure name")
+    check_new_output(out, overwrite=overwrite, inputs=[path])
     import io
 
     import matplotlib
@@ -286,7 +238,7 @@ def show(path: str, out: str, index: int = 0) -> int:
     from .. import atomic
     from ..physics.measurements import load_measurements
     meas = load_measurements(path)
-    if not 0 <= index < len(meas):
+    if not isinstance(index, int) or not 0 <= index < len(meas):
         raise ScoreinvError(f"--slice {index}: {path} holds {len(meas)} slice(s); expected 0 to {len(meas) - 1}")
     meas = meas.take(index)
     op = meas.operator()

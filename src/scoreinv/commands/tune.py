@@ -3,11 +3,23 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
+from ..data.base import derive_seed
+from ..errors import ScoreinvError, check_choice, check_int
+from ..evaluate import load_images
+from ..metrics import LOWER_IS_BETTER, METRICS
+from ..sampling.settings import SOLVERS, noisy_level, parse_sets
+from ..tasks import build_problem
+from ..tune import base_settings, check_preset_output, search_space, tune
+from .eval import add_task_arguments, data_id, load_model, load_split, task_options_from_args
+
 HELP = """Tune a score solver's hyperparameters on VALIDATION images by Bayesian optimisation.
 
-  scoreinv tune --checkpoint runs/ct64 --task ct --views 23 --data phantoms --solver projection \\
-      --trials 100 --steps 100 --storage sqlite:///tune/ct23.db --out tune/ct23-projection.yaml
-  scoreinv eval ... --solvers projection --preset tune/ct23-projection.yaml
+  scoreinv tune --checkpoint ct64 --task ct --views 23 --data phantoms --solver projection \\
+      --trials 100 --steps 50 --bound snr=0,1.2 --storage sqlite:///tune/ct23.db --out tune/ct23-projection.yaml
+
+then pass the preset to eval or reconstruct: --preset tune/ct23-projection.yaml.
 
 Searches (optuna GPSampler: Gaussian-process Bayesian optimisation after --startup-trials random
 points) over (snr, lambda) for projection / langevin_projection, (snr, r) for baseline /
@@ -22,12 +34,19 @@ larger --trials extends it. Several workers can share one study: start the same 
 machines; they stop together when the study holds --trials completed trials. Across machines use
 a PostgreSQL server: --storage postgresql+psycopg2://USER:PASSWORD@HOST:5432/DBNAME (needs the
 psycopg2 package; SQLite files are for one machine). The best parameters so far are written
-atomically to --out (YAML preset: solver, task, params) after every trial.
+atomically to --out (YAML preset: solver, task, params) after every trial; a resumed study
+replaces its own preset, any other existing file is refused unless --overwrite.
+
+The fixed (unsearched) parameters follow the rule of reconstruct and eval, later ones winning:
+the reference preset of the task and solver, the tuned preset (the shipped model's, e.g.
+--checkpoint ct64, or --preset FILE; --preset reference skips it), --steps, then --set
+solver.KEY=VALUE (or --set SOLVER.KEY=VALUE; KEY a solver parameter, 'lambda' for lam, VALUE a
+YAML scalar). The closing hard projection is off for data noisier than the reference
+acquisition (CT/MRI --noise > 0; MAR fewer photons than the paper's 2e7).
 """
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from .eval import add_task_arguments
     p = subparsers.add_parser("tune", help="Bayesian optimisation of solver hyperparameters (optuna GP)",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(p, model_optional=False)
@@ -43,7 +62,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "ssim_circle, psnr_circle, ssim_hist, psnr_hist, ssim_mar, psnr_mar (MAR)")
     p.add_argument("--steps", type=int, help="noise levels of the solver while tuning (default: the preset's; "
                    "stored in the preset)")
-    p.add_argument("--set", action="append", default=[], metavar="solver.PARAM=VALUE",
+    p.add_argument("--preset", metavar="FILE", help="start from this preset's fixed parameters (e.g. steps, "
+                   "corrector_steps); 'reference' for the reference preset (default: the shipped model's tuned one)")
+    p.add_argument("--set", action="append", default=[], metavar="solver.KEY=VALUE",
                    help="fixed solver parameters during tuning (stored in the preset), e.g. solver.cg_iters=20")
     p.add_argument("--bound", action="append", default=[], metavar="PARAM=LOW,HIGH",
                    help="replace the search range of one parameter, e.g. --bound snr=0,1 (a solver run with "
@@ -53,41 +74,32 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--worker", type=int, default=0, help="worker number of a parallel search: changes only the "
                    "sampler's random start points (default 0)")
     p.add_argument("--out", help="YAML preset with the best parameters (default: STUDY-NAME.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out that is not this study's "
+                   "preset")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
-    import torch
-
-    from ..data.base import derive_seed
-    from ..errors import ScoreinvError, check_choice
-    from ..evaluate import load_images, parse_sets
-    from ..metrics import LOWER_IS_BETTER, METRICS
-    from ..sampling.solvers import SOLVERS
-    from ..tasks import build_problem
-    from ..tune import tune
-    from .eval import data_id, load_model, load_split, task_options_from_args
-
     if args.split in ("test", "all"):
         raise ScoreinvError(f"--split {args.split}: tuning on test images would leak them into the parameters "
                             "that are then evaluated on them; tune on val (default) or train")
     check_choice("--split", args.split, ("val", "train"))
-    check_choice("solver", args.solver, SOLVERS)
+    check_choice("--solver", args.solver, SOLVERS)
     check_choice("--metric", args.metric, [m for m in METRICS if m not in LOWER_IS_BETTER])
+    check_int("--num-images", args.num_images)
+    check_int("--trials", args.trials)
+    check_int("--startup-trials", args.startup_trials)
+    check_int("--worker", args.worker, lo=0)
     opts = task_options_from_args(args)
-    sets = parse_sets(args.set)
-    bad = set(sets) - {"solver", args.solver}
-    if bad:
-        raise ScoreinvError(f"--set {sorted(bad)[0]}.*: tune fixes parameters of its one solver; use solver.PARAM")
-    base = {**sets.get("solver", {}), **sets.get(args.solver, {})}
-    if args.steps is not None:
-        base["steps"] = args.steps
-    if opts.noise > 0 and opts.task != "mar":
-        base.setdefault("final_projection", False)
+    base = base_settings(opts.task, args.solver, args.preset, args.steps, parse_sets(args.set),
+                         noisy_level(opts.task, opts.noise), args.checkpoint)
     bounds = parse_bounds(args.bound)
-    if args.num_images is None or args.num_images < 1:
-        raise ScoreinvError(f"--num-images {args.num_images}: expected a positive integer")
+    name = args.study_name or f"{opts.task}-{args.solver}-{opts.slug()}"
+    out = args.out or f"{name}.yaml"
+    check_preset_output(out, name, args.overwrite, args.storage)
+    space = search_space(args.solver, opts.task, base.cfg, bounds)
+    print(f"tune: searching {', '.join(space)}; the rest fixed: {base.describe()}", flush=True)
     model, fingerprint, size, device = load_model(args, needed=True)
     ds = load_split(args, args.split, size)
     if args.num_images > len(ds):
@@ -95,8 +107,6 @@ def run(args) -> int:
                             f"{len(ds)} image(s)")
     problem = build_problem(load_images(ds, range(args.num_images)), opts,
                             torch.Generator().manual_seed(derive_seed(args.seed, "problem-tune")))
-    name = args.study_name or f"{opts.task}-{args.solver}-{opts.slug()}"
-    out = args.out or f"{name}.yaml"
     config = {"options": opts.to_dict(), "setting": opts.setting(), "data": data_id(args.data),
               "data_seed": args.data_seed, "split": args.split, "num_images": args.num_images, "model": fingerprint,
               "problem_seed": args.seed}
@@ -111,7 +121,6 @@ def run(args) -> int:
 
 def parse_bounds(items) -> dict[str, tuple[float, float]]:
     """--bound PARAM=LOW,HIGH items -> {PARAM: (LOW, HIGH)}; ranges are checked by tune.search_space."""
-    from ..errors import ScoreinvError
     out = {}
     for item in items:
         name, eq, rng = item.partition("=")

@@ -1,6 +1,6 @@
 """The dataset interface the training loop uses, and the seed plumbing shared by all datasets.
 
-Every dataset yields 2-D slices as float32 tensors in [0, 1] (DESIGN.md §2.1):
+Every dataset yields 2-D slices as float32 tensors in [0, 1] (docs/design.md §7.1):
 
     ds.sample_batch(batch_size, generator) -> (B, 1, S, S)   random draw
     len(ds), ds[i] -> (1, S, S)                             fixed images of this split
@@ -21,7 +21,7 @@ import zlib
 import numpy as np
 import torch
 
-from ..errors import ScoreinvError
+from ..errors import ScoreinvError, check_int
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -80,23 +80,20 @@ def draw_seed(generator: torch.Generator) -> int:
 
 
 def check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ScoreinvError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_int("batch_size", batch_size)
 
 
-def check_image_size(image_size) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
-            or not 8 <= image_size <= 4096:
-        raise ScoreinvError(f"image_size must be an integer in [8, 4096], got {image_size!r}")
-    return int(image_size)
+IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 8, 4096   # model image sizes S (S x S slices) the package accepts
+
+
+def check_image_size(image_size, name: str = "image_size") -> int:
+    """S in [IMAGE_SIZE_MIN, IMAGE_SIZE_MAX]; `name` is the flag or key the user gave."""
+    return check_int(name, image_size, IMAGE_SIZE_MIN, IMAGE_SIZE_MAX)
 
 
 def check_shard(rank, world_size) -> tuple[int, int]:
-    if not isinstance(world_size, (int, np.integer)) or world_size < 1:
-        raise ScoreinvError(f"world_size must be a positive integer, got {world_size!r}")
-    if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
-        raise ScoreinvError(f"rank must be an integer in [0, {world_size - 1}], got {rank!r}")
+    world_size = check_int("world_size", world_size)
+    rank = check_int("rank", rank, 0, world_size - 1)
     return int(rank), int(world_size)
 
 

@@ -1,4 +1,4 @@
-"""Synthetic MRI brain slices from the MNI152 2009 template that nilearn ships (DESIGN.md §6).
+"""Synthetic MRI brain slices from the MNI152 2009 template that nilearn ships (docs/design.md §3.4).
 
 The template (1 mm, 197 x 233 x 189, skull-stripped) and its grey- and white-matter maps come
 with nilearn's package data, with no download (the files behind `load_mni152_template`,

@@ -1,19 +1,22 @@
 """Datasets of slices from files on disk: scan, split by patient/volume, normalise, resize.
 
-- Scan: a folder is walked (sorted; hidden entries, unknown file types and DICOM objects
-  without an image (DICOMDIR, reports) are skipped and counted); a DICOM series is one
-  volume, a NIfTI/HDF5/NumPy file one volume, a 2-D image a one-slice volume (readers.py).
-  Unreadable files raise, naming the file.
+- Scan: a folder is walked (sorted; hidden entries skipped); a DICOM series is one volume, a
+  NIfTI/HDF5/NumPy file one volume, a 2-D image a one-slice volume, read by `readers` in the
+  one orientation convention of `orientation`. Files of unknown type, DICOM objects without
+  an image (DICOMDIR, reports) and files whose header cannot be read are skipped, each with its
+  reason (`skipped`, printed by `scoreinv data inspect` and `scoreinv simulate`); pixel data that
+  cannot be read raise when the volume is read, naming the file.
 - Split (deterministic, seeded): volumes are grouped (`split_by='patient'`: DICOM PatientID,
   else the first folder under the root, so a flat folder groups per file; `'volume'`: every
   volume alone); groups are ordered by a hash of (seed, group name) and cut by `fractions`
   (default 0.8/0.1/0.1; with >= 3 groups every split with a positive fraction gets >= 1; with 2
   groups: train and val). Slices of one group never straddle splits. 'all' = everything.
-- Normalisation per volume: 'minmax' (v - min)/(max - min); 'window' clip((v - hu_min)/
-  (hu_max - hu_min), 0, 1), default window [-1024, 3200] HU as the reference; 'auto' (default):
+- Normalisation per volume: 'minmax' (v - min)/(max - min); 'window' clip(hu_to_unit(v, hu_min,
+  hu_max), 0, 1) with the one HU mapping of `physics.mar_spectra`, default window [-1024, 3200]
+  HU as the reference; 'auto' (default):
   window for volumes in HU (DICOM CT), min-max otherwise (MRI, PNG, NIfTI, NumPy).
-- Slices along `axis` (0, 1, 2 of (D, H, W)); for axes 1 and 2 the rows are flipped so that
-  the first volume axis (superior for axial stacks) is up. One-slice volumes (2-D images) are
+- Slices along `axis` (0 axial, 1 coronal, 2 sagittal for volumes in the display layout); for
+  axes 1 and 2 the rows are flipped so that superior is up. One-slice volumes (2-D images) are
   always used as they are.
 - Resize keeping the physical aspect ratio (pixel spacing when known): `fit='pad'` (default)
   scales the longer side to S and pads the shorter with 0 (= the volume minimum or hu_min),
@@ -23,6 +26,7 @@ Processed volumes are kept in an LRU cache of `cache_mb` megabytes.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -32,80 +36,114 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ScoreinvError
+from ..physics.mar_spectra import HU_MAX, HU_MIN, hu_to_unit
 from . import dicom
-from .base import (SliceDataset, check_batch_size, check_generator, check_image_size, check_shard,
-                   derive_seed, single_thread)
-from .readers import VolumeRef, file_kind, hdf5_header, image_header, nifti_header, numpy_header
+from .base import (
+    SliceDataset,
+    check_batch_size,
+    check_generator,
+    check_image_size,
+    check_shard,
+    derive_seed,
+    single_thread,
+)
+from .phantoms import check_window
+from .readers import Skipped, VolumeRef, file_kind, hdf5_header, image_header, nifti_header, numpy_header, skipped_line
 
 NORMALIZE = ("auto", "minmax", "window")
 FITS = ("pad", "crop")
 SPLIT_BY = ("patient", "volume")
 
 
-def scan(path, key: str | None = None) -> tuple[list[VolumeRef], list[Path]]:
-    """Volumes under `path` (a folder or one file) from headers only -> (refs, skipped files)."""
+def _walk(root: Path) -> list[Path]:
+    files = []
+    for d, dirs, names in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        files += [Path(d) / n for n in sorted(names) if not n.startswith(".")]
+    return files
+
+
+def _header(f: Path, kind: str, key: str | None, top: str, rel: Path):
+    """A VolumeRef for a non-DICOM file, or the DICOM header; raises ScoreinvError if unreadable."""
+    if kind == "dicom":
+        ds = dicom.read_header(f)
+        if ds is not None:
+            dicom.check_rescale(ds, f)
+        return ds
+    if kind == "nifti":
+        shape, spacing, affine = nifti_header(f)
+        return VolumeRef(str(rel), kind, (f,), shape, False, spacing, {"group": top, "affine": affine})
+    if kind == "hdf5":
+        shape, k, cropped = hdf5_header(f, key)
+        return VolumeRef(str(rel), kind, (f,), shape, False, None, {"group": top, "dataset": k, "cropped": cropped},
+                         key=k)
+    if kind == "image":
+        return VolumeRef(str(rel), kind, (f,), image_header(f), False, None, {"group": top})
+    return VolumeRef(str(rel), kind, (f,), numpy_header(f, key), False, None, {"group": top}, key=key)
+
+
+def scan(path, key: str | None = None) -> tuple[list[VolumeRef], list[Skipped]]:
+    """Volumes under `path` (a folder or one file) from headers only -> (refs, skipped files).
+
+    In a folder, files of unknown type, DICOM objects without an image and files whose header
+    cannot be read are skipped, each with its reason; a single file given as `path` raises instead.
+    """
     root = Path(path)
     if not root.exists():
         raise ScoreinvError(f"{root}: no such file or folder")
-    if root.is_file():
-        files, base = [root], root.parent
-    else:
-        files, base = [], root
-        for d, dirs, names in os.walk(root):
-            dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-            files += [Path(d) / n for n in sorted(names) if not n.startswith(".")]
-    refs, skipped, series = [], [], {}
+    one = root.is_file()
+    files, base = ([root], root.parent) if one else (_walk(root), root)
+    refs, skipped, frames = [], [], {}
     for f in files:
         kind = file_kind(f)
         rel = f.relative_to(base)
         top = rel.parts[0] if len(rel.parts) > 1 else str(rel)
         if kind is None:
-            if root.is_file():
+            if one:
                 raise ScoreinvError(f"{f}: unsupported file type; expected DICOM (.dcm), NIfTI (.nii, .nii.gz), "
-                                    "HDF5 (.h5), PNG/TIFF/JPEG or NumPy (.npy, .npz)")
-            skipped.append(f)
-        elif kind == "dicom":
-            ds = dicom.read_header(f)
-            if ds is None:                       # not an image (DICOMDIR, report, RT structure)
-                if root.is_file():
-                    raise ScoreinvError(f"{f}: DICOM object without an image (no Rows/Columns); expected an "
-                                        "image slice")
-                skipped.append(f)
-                continue
-            series.setdefault(dicom.series_key(ds, f), []).append((f, ds))
-        elif kind == "nifti":
-            shape, spacing = nifti_header(f)
-            refs.append(VolumeRef(str(rel), kind, (f,), shape, False, spacing, {"group": top}))
-        elif kind == "hdf5":
-            shape, k, cropped = hdf5_header(f, key)
-            refs.append(VolumeRef(str(rel), kind, (f,), shape, False, None,
-                                  {"group": top, "dataset": k, "cropped": cropped}, key=k))
-        elif kind == "image":
-            refs.append(VolumeRef(str(rel), kind, (f,), image_header(f), False, None, {"group": top}))
+                                    "HDF5 (.h5), PNG/TIFF/JPEG/BMP or NumPy (.npy, .npz)")
+            skipped.append(Skipped(f, "not an image file"))
+            continue
+        try:
+            got = _header(f, kind, key, top, rel)
+        except ScoreinvError as e:
+            if one:
+                raise
+            skipped.append(Skipped(f, str(e).removeprefix(f"{f}: ")))
+            continue
+        if isinstance(got, VolumeRef):
+            refs.append(got)
+        elif got is None:                       # DICOM without an image (DICOMDIR, report, RT structure)
+            if one:
+                raise ScoreinvError(f"{f}: DICOM object without an image (no Rows/Columns); expected an image slice")
+            skipped.append(Skipped(f, "DICOM object without an image"))
         else:
-            refs.append(VolumeRef(str(rel), kind, (f,), numpy_header(f, key), False, None, {"group": top}, key=key))
-    for uid, items in series.items():
-        items = dicom.sort_series(items)
-        info = dicom.series_info(items)
-        first_path, first = items[0]
-        rel = first_path.relative_to(base)
-        desc = str(getattr(first, "SeriesDescription", "") or "").strip()
-        name = f"{rel.parent}/{desc or 'series ' + uid[-12:]}" if len(items) > 1 else str(rel)
-        patient = str(getattr(first, "PatientID", "") or "") or (rel.parts[0] if len(rel.parts) > 1 else str(rel))
-        refs.append(VolumeRef(name, "dicom", tuple(p for p, _ in items), info["shape"], info["hu"],
-                              info["spacing"], {"group": patient, "items": items, "modality": info["modality"],
-                                                "series_uid": uid}))
+            for fr in dicom.frames_of(f, got):
+                frames.setdefault(dicom.series_key(fr), []).append(fr)
+    for uid, fs in frames.items():
+        fs = dicom.sort_frames(fs)
+        info = dicom.series_info(fs)
+        paths = tuple(dict.fromkeys(fr.path for fr in fs))
+        first = fs[0]
+        rel = first.path.relative_to(base)
+        desc = str(first.ds.get("SeriesDescription", "") or "").strip()
+        name = f"{rel.parent}/{desc or 'series ' + uid.split('|')[0][-12:]}" if len(paths) > 1 else str(rel)
+        patient = str(first.ds.get("PatientID", "") or "") or (rel.parts[0] if len(rel.parts) > 1 else str(rel))
+        refs.append(VolumeRef(name, "dicom", paths, info["shape"], info["hu"], info["spacing"],
+                              {"group": patient, "frames": fs, "series": info, "affine": info["affine"],
+                               "modality": info["modality"], "series_uid": uid.split("|")[0]}))
     refs.sort(key=lambda r: r.name)
     return refs, skipped
 
 
-def check_fractions(fractions) -> tuple[float, float, float]:
+def check_fractions(fractions, name: str = "fractions") -> tuple[float, float, float]:
+    """Three split fractions (train > 0, val, test >= 0) summing to 1; `name` is what the user typed."""
     try:
         fr = tuple(float(v) for v in fractions)
     except (TypeError, ValueError):
-        raise ScoreinvError(f"fractions must be three numbers (train, val, test), got {fractions!r}") from None
-    if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or abs(sum(fr) - 1) > 1e-6:
-        raise ScoreinvError(f"fractions must be three non-negative numbers (train > 0) summing to 1, got {fractions!r}")
+        raise ScoreinvError(f"{name} must be three numbers (train, val, test), got {fractions!r}") from None
+    if len(fr) != 3 or not all(math.isfinite(v) for v in fr) or min(fr) < 0 or fr[0] <= 0 or abs(sum(fr) - 1) > 1e-6:
+        raise ScoreinvError(f"{name} must be three non-negative numbers (train > 0) summing to 1, got {fractions!r}")
     return fr
 
 
@@ -135,7 +173,7 @@ def assign_splits(groups: list[str], seed: int, fractions=(0.8, 0.1, 0.1)) -> di
 def normalise(data: np.ndarray, mode: str, hu_min: float, hu_max: float, name: str) -> np.ndarray:
     """Per-volume scaling to [0, 1] (module docstring); raises on a constant volume in minmax."""
     if mode == "window":
-        return np.clip((data - hu_min) / (hu_max - hu_min), 0, 1).astype(np.float32)
+        return np.clip(hu_to_unit(data, hu_min, hu_max), 0, 1).astype(np.float32)
     lo, hi = float(data.min()), float(data.max())
     if not hi > lo:
         raise ScoreinvError(f"{name}: volume is constant ({lo:g}); min-max normalisation needs a range "
@@ -179,10 +217,9 @@ class FolderDataset(SliceDataset):
     kind = "files"
 
     def __init__(self, path, split: str, image_size: int, seed: int = 0, axis: int = 0,
-                 normalize: str = "auto", hu_min: float = -1024.0, hu_max: float = 3200.0,
+                 normalize: str = "auto", hu_min: float = HU_MIN, hu_max: float = HU_MAX,
                  fractions=(0.8, 0.1, 0.1), fit: str = "pad", split_by: str = "patient",
                  cache_mb: float = 4096, h5_key: str | None = None, npz_key: str | None = None):
-        from .phantoms import check_window
         if split not in ("train", "val", "test", "all"):
             raise ScoreinvError(f"unknown split {split!r}; expected train, val, test or all")
         if axis not in (0, 1, 2) or isinstance(axis, bool):
@@ -200,9 +237,8 @@ class FolderDataset(SliceDataset):
         self.cache_bytes = float(cache_mb) * 2 ** 20
         self.refs, self.skipped = scan(self.path, h5_key if h5_key is not None else npz_key)
         if not self.refs:
-            raise ScoreinvError(f"{self.path}: no readable volumes found ({len(self.skipped)} file(s) of unknown "
-                                "type or without an image skipped); expected DICOM, NIfTI, HDF5, PNG/TIFF/JPEG "
-                                "or NumPy files")
+            raise ScoreinvError(f"{self.path}: no readable volumes found ({skipped_line(self.skipped, self.path)}); "
+                                "expected DICOM, NIfTI, HDF5, PNG/TIFF/JPEG or NumPy files")
         keys = [r.info["group"] if split_by == "patient" else r.name for r in self.refs]
         table = assign_splits(keys, self.seed, self.fractions)
         self.assignment = [table[k] for k in keys]
@@ -285,4 +321,4 @@ class FolderDataset(SliceDataset):
                 "images": len(self), "axis": self.axis, "normalize": self.normalize,
                 "hu_window": [self.hu_min, self.hu_max], "fit": self.fit, "split_by": self.split_by,
                 "fractions": list(self.fractions), "seed": self.seed, "shard": f"{self.rank}/{self.world_size}",
-                "sizes": sizes, "skipped_files": [str(p) for p in self.skipped], "volumes": vols}
+                "sizes": sizes, "skipped_files": [{"file": str(p), "reason": r} for p, r in self.skipped], "volumes": vols}

@@ -1,10 +1,10 @@
-"""Random CT phantoms defined in Hounsfield units (DESIGN.md §6): head, chest and abdomen.
+"""Random CT phantoms defined in Hounsfield units (docs/design.md §3.4): head, chest and abdomen.
 
 A phantom is a list of K = 31 ellipses in the coordinates of `phantom_render` (additive
 values, in [0, 1] image units), plus, for the textured flavour, smooth random intensity
 fields per tissue class, a fine grain and thin bright vessel-like lines, all continuous
 functions of position. HU map to [0, 1] linearly: x = (HU - hu_min) / (hu_max - hu_min),
-clipped; the default window [-1024, 3200] HU is the reference's (DESIGN.md §2.6), so water
+clipped; the default window [-1024, 3200] HU is the reference's (docs/design.md §7.1), so water
 (0 HU) is 1024/4224.
 
 Anatomy (HU): air outside the body -1000 inside the circular field of view (radius 1) and
@@ -27,10 +27,12 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..errors import ScoreinvError
+from ..physics import mar_spectra
+from ..physics.mar_spectra import HU_MAX, HU_MIN
 from .phantom_render import render
 
 HU_AIR = -1000.0
-DEFAULT_HU_WINDOW = (-1024.0, 3200.0)
+DEFAULT_HU_WINDOW = (HU_MIN, HU_MAX)   # the one window of physics.mar_spectra
 PLAIN_HU_RANGE = (-1020.0, 2100.0)
 KINDS = ("head", "chest", "abdomen")
 KIND_PROBS = (0.25, 0.35, 0.40)
@@ -100,10 +102,9 @@ class PhantomBatch:
 
 
 def hu_to_unit(hu, hu_min: float = DEFAULT_HU_WINDOW[0], hu_max: float = DEFAULT_HU_WINDOW[1]):
-    """x = clip((HU - hu_min) / (hu_max - hu_min), 0, 1) (works on floats and tensors)."""
-    if torch.is_tensor(hu):
-        return ((hu - hu_min) / (hu_max - hu_min)).clamp(0, 1)
-    return min(max((hu - hu_min) / (hu_max - hu_min), 0.0), 1.0)
+    """x = clip(`mar_spectra.hu_to_unit`(HU), 0, 1) (works on floats and tensors)."""
+    x = mar_spectra.hu_to_unit(hu, hu_min, hu_max)
+    return x.clamp(0, 1) if torch.is_tensor(x) else min(max(float(x), 0.0), 1.0)
 
 
 def check_window(hu_min, hu_max) -> tuple[float, float]:

@@ -14,7 +14,8 @@ import abc
 
 import torch
 
-from ..errors import ScoreinvError
+from ..errors import ScoreinvError, check_int
+from ..physics.mar_spectra import HU_MAX, HU_MIN
 from .base import (SliceDataset, check_batch_size, check_generator, check_image_size, check_shard,
                    derive_seed, draw_seed, make_generator, single_thread)
 
@@ -32,10 +33,8 @@ class ProceduralDataset(SliceDataset):
             raise ScoreinvError(f"{self.name}: unknown split {split!r}; expected train, val or test "
                                 "('all' exists only for folders of files)")
         for nm, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ScoreinvError(f"{self.name}: {nm} must be a positive integer, got {v!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ScoreinvError(f"{self.name}: seed must be a non-negative integer, got {seed!r}")
+            check_int(f"{self.name}: {nm}", v)
+        seed = check_int(f"{self.name}: seed", seed, 0)
         self.split, self.image_size, self.seed = split, check_image_size(image_size), seed
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
         self.rank, self.world_size = check_shard(rank, world_size)
@@ -121,7 +120,7 @@ class PhantomDataset(ProceduralDataset):
     kind = "procedural CT phantoms"
 
     def __init__(self, split: str, image_size: int, seed: int = 0, textured: bool = True,
-                 hu_min: float = -1024.0, hu_max: float = 3200.0, antialias: bool = True, **kw):
+                 hu_min: float = HU_MIN, hu_max: float = HU_MAX, antialias: bool = True, **kw):
         from .phantoms import check_window
         self.name = "phantoms" if textured else "ellipses"
         super().__init__(split, image_size, seed, **kw)
@@ -142,8 +141,7 @@ class PhantomDataset(ProceduralDataset):
         """The PhantomBatch (of one) behind ds[i]: render it finer for simulation, or use its
         ellipse list for exact line integrals (plain phantoms)."""
         n = len(self)
-        if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n:
-            raise ScoreinvError(f"{self.name} ({self.split}): index must be an integer in [0, {n}), got {i!r}")
+        i = check_int(f"{self.name} ({self.split}): index", i, -n, n - 1)
         j = self._global_index(i % n)
         if self.split == "train":
             return self.sample_params(1, make_generator(derive_seed(self.seed, self.name, "train-item", j)))

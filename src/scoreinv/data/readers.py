@@ -1,36 +1,66 @@
-"""Read medical images into float32 volumes (D, H, W) with metadata.
+"""Read medical images into float32 volumes (D, H, W) with metadata: the one reader of every
+command (`scoreinv simulate`, `scoreinv data inspect`, folder datasets for training and eval).
+
+Layout: the display convention of `orientation` (slices inferior -> superior, rows anterior ->
+posterior, columns patient right -> left) for every file that knows its position in the body
+(NIfTI, DICOM with ImageOrientationPatient); others keep their stored layout.
 
 Formats (by suffix; DICOM files may also have no suffix and are recognised by their marker):
 - DICOM series (.dcm/.dicom/.ima): grouped by SeriesInstanceUID, one series = one volume,
-  values through the modality LUT (HU for CT); see `dicom`.
-- NIfTI (.nii, .nii.gz; nibabel): reoriented to RAS, then arranged as (z, y, x) with rows
-  anterior -> posterior and columns patient right -> left (radiological, as DICOM axial
-  images), so axis 0 gives axial slices.
+  values through pydicom's modality transform (HU for CT), compressed syntaxes through the
+  pylibjpeg plugins; see `dicom`.
+- NIfTI (.nii, .nii.gz; nibabel): a 2-D image is one slice, 3-D a volume.
 - fastMRI-style HDF5 (.h5, .hdf5; h5py): 'reconstruction_rss' or 'reconstruction_esc' if
   present, else the magnitude of the centred orthonormal inverse 2-D FFT of 'kspace',
   combined over coils by root-sum-of-squares and cropped to the reconSpace matrix of the
   'ismrmrd_header' when there is one; `key` picks another dataset.
-- Images (.png, .tif, .tiff, .jpg, .jpeg; Pillow): one slice, or one per frame; colour images
-  with unequal channels are converted to luminance.
+- Images (.png, .tif, .tiff, .jpg, .jpeg, .bmp; Pillow): one slice, or one per frame; colour
+  images with unequal channels are converted to luminance.
 - NumPy (.npy, .npz): 2-D (one slice) or 3-D arrays; .npz: the only array, or `key`, or the
-  first of 'image', 'volume', 'data', 'arr_0'. Complex values -> magnitude.
-Every unreadable, truncated or ill-shaped file raises ScoreinvError naming the file.
+  first of 'image', 'images', 'volume', 'data', 'ground_truth', 'arr_0'. Complex values -> magnitude.
+Every unreadable, truncated or ill-shaped file raises ScoreinvError naming the file, and so does a
+constant volume (every voxel one value: nothing to scale or reconstruct).
 """
 from __future__ import annotations
 
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+import h5py
+import nibabel as nib
 import numpy as np
+from PIL import Image, ImageSequence
 
 from ..errors import ScoreinvError
-from . import dicom
+from . import dicom, orientation
+from .dicom import cause
 
 KINDS = ("dicom", "nifti", "hdf5", "image", "numpy")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-NPZ_KEYS = ("image", "volume", "data", "arr_0")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+NPZ_KEYS = ("image", "images", "volume", "data", "ground_truth", "arr_0")
 H5_KEYS = ("reconstruction_rss", "reconstruction_esc")
+SKIPPED_LISTED = 10
+
+
+class Skipped(NamedTuple):
+    """A file a folder scan left out, and why."""
+    path: Path
+    reason: str
+
+
+def skipped_line(skipped, root=None) -> str:
+    """'skipped N file(s): name (reason), ...' (names relative to `root`; at most 10 listed)."""
+    def name(p: Path) -> str:
+        try:
+            return str(Path(p).relative_to(root)) if root is not None else str(p)
+        except ValueError:
+            return str(p)
+    shown = [f"{name(s.path)} ({s.reason})" for s in skipped[:SKIPPED_LISTED]]
+    more = f", and {len(skipped) - SKIPPED_LISTED} more" if len(skipped) > SKIPPED_LISTED else ""
+    return f"skipped {len(skipped)} file(s): {', '.join(shown)}{more}"
 
 
 def file_kind(path: Path) -> str | None:
@@ -52,7 +82,10 @@ def file_kind(path: Path) -> str | None:
 
 @dataclass
 class Volume:
-    """data (D, H, W) float32; meta: name, kind, paths, hu, spacing (mm or None), ..."""
+    """data (D, H, W) float32; meta: name, kind, paths, hu, spacing (mm or None), affine (4, 4)
+    voxel (k, r, c) -> RAS mm or None, skipped (read_volume); for DICOM also headers (the dataset
+    of each slice, or one for the series when the slices were resliced) and positions ((D, 3) LPS
+    ImagePositionPatient of each slice's first pixel, or None)."""
     data: np.ndarray
     meta: dict = field(default_factory=dict)
 
@@ -70,21 +103,32 @@ class VolumeRef:
     key: str | None = None
 
     def read(self) -> Volume:
+        affine, extra = self.info.get("affine"), {}
         if self.kind == "dicom":
-            data = dicom.read_series(self.info["items"])
+            data = dicom.read_series(self.info["frames"], self.info["series"])
+            order = self.info["series"]["slice_order"]
+            frames = self.info["frames"]
+            extra = {"headers": [frames[k].ds for k in order] if order is not None else [frames[0].ds],
+                     "positions": self.info["series"]["positions"]}
         elif self.kind == "nifti":
-            data = read_nifti(self.paths[0])
+            data, affine = read_nifti(self.paths[0])
         elif self.kind == "hdf5":
             data = read_hdf5(self.paths[0], self.key)
         elif self.kind == "image":
             data = read_image(self.paths[0])
         else:
             data = read_numpy(self.paths[0], self.key)
+        where = self.paths[0] if len(self.paths) == 1 else f"DICOM series {self.name}"
         if data.shape != tuple(self.shape):
-            raise ScoreinvError(f"{self.paths[0]}: read shape {data.shape} differs from the header's "
+            raise ScoreinvError(f"{where}: read shape {data.shape} differs from the header's "
                                 f"{tuple(self.shape)}; the file may be damaged")
+        lo, hi = float(data.min()), float(data.max())
+        if not hi > lo:
+            raise ScoreinvError(f"{where}: every voxel is {lo:g}; expected an image with contrast (a constant "
+                                "image cannot be scaled or reconstructed)")
         meta = {"name": self.name, "kind": self.kind, "paths": [str(p) for p in self.paths], "hu": self.hu,
-                "spacing": self.spacing, **{k: v for k, v in self.info.items() if k != "items"}}
+                "spacing": self.spacing, "affine": affine, **extra,
+                **{k: v for k, v in self.info.items() if k not in ("frames", "series", "affine")}}
         return Volume(data, meta)
 
 
@@ -109,9 +153,13 @@ def _as_volume(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 # --- NIfTI ----------------------------------------------------------------------------------
-def _nifti_layout(img, path: Path):
-    import nibabel as nib
-
+def _nifti_load(path: Path):
+    """(image, stored shape (3,), stored affine) of a NIfTI file, from its header."""
+    try:
+        img = nib.load(str(path))
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot read NIfTI header ({cause(e)}); expected a "
+                            ".nii or .nii.gz file") from e
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -120,57 +168,30 @@ def _nifti_layout(img, path: Path):
     if len(shape) != 3:
         raise ScoreinvError(f"{path}: NIfTI image has shape {img.shape}; expected a 3-D volume (a 4-D series "
                             "must be split into 3-D files first)")
-    ornt = nib.orientations.io_orientation(img.affine)
-    return shape, ornt
+    return img, tuple(shape), orientation.check_affine(img.affine, str(path))
 
 
-def nifti_header(path: Path) -> tuple[tuple, tuple]:
-    """(shape (D, H, W), spacing) of a NIfTI file after reorientation, from its header."""
-    import nibabel as nib
+def nifti_header(path: Path) -> tuple[tuple, tuple, np.ndarray]:
+    """(shape (D, H, W), spacing (mm), affine) of a NIfTI file in the display layout, from its header."""
+    _, shape, affine = _nifti_load(path)
+    t = orientation.display_transform(affine, shape, str(path))
+    disp = orientation.transformed_affine(affine, shape, t)
+    return orientation.transformed_shape(shape, t), orientation.spacing(disp), disp
 
+
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(volume (D, H, W) float32 in the display layout, its affine (4, 4) voxel -> RAS mm)."""
+    img, shape, affine = _nifti_load(path)
     try:
-        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj).reshape(shape)
     except Exception as e:
-        raise ScoreinvError(f"{path}: cannot read NIfTI header ({type(e).__name__}: {e}); expected a "
+        raise ScoreinvError(f"{path}: cannot read NIfTI data ({cause(e)}); expected a complete "
                             ".nii or .nii.gz file") from e
-    shape, ornt = _nifti_layout(img, path)
-    zooms = img.header.get_zooms()[:3]
-    zooms = tuple(zooms) + (1.0,) * (3 - len(zooms))
-    ras_shape = [0, 0, 0]
-    ras_zoom = [0.0, 0.0, 0.0]
-    for i, (axis, _) in enumerate(ornt):
-        ras_shape[int(axis)] = shape[i]
-        ras_zoom[int(axis)] = float(zooms[i])
-    return tuple(ras_shape[::-1]), tuple(ras_zoom[::-1])
-
-
-def read_nifti(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        shape, ornt = _nifti_layout(img, path)
-        data = np.asanyarray(img.dataobj)
-        data = data.reshape(shape)
-        data = nib.orientations.apply_orientation(data, ornt)            # RAS (x, y, z)
-    except ScoreinvError:
-        raise
-    except Exception as e:
-        raise ScoreinvError(f"{path}: cannot read NIfTI data ({type(e).__name__}: {e}); expected a complete "
-                            ".nii or .nii.gz file") from e
-    data = np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)[:, ::-1, ::-1])
-    return _as_volume(data, path, "NIfTI data")
+    data, disp = orientation.to_display(np.asarray(data), affine, str(path))
+    return _as_volume(data, path, "NIfTI data"), disp
 
 
 # --- HDF5 (fastMRI) -------------------------------------------------------------------------
-def _h5py():
-    try:
-        import h5py
-    except ImportError as e:  # pragma: no cover - h5py is a dependency
-        raise ScoreinvError("reading HDF5 needs h5py (pip install h5py)") from e
-    return h5py
-
-
 def _recon_size(f) -> tuple[int, int] | None:
     if "ismrmrd_header" not in f:
         return None
@@ -199,7 +220,6 @@ def _h5_choice(f, path: Path, key: str | None) -> str:
 
 def hdf5_header(path: Path, key: str | None = None) -> tuple[tuple, str, bool]:
     """(shape (D, H, W), dataset used, cropped?) from the HDF5 metadata, without reading pixels."""
-    h5py = _h5py()
     try:
         with h5py.File(str(path), "r") as f:
             k = _h5_choice(f, path, key)
@@ -208,7 +228,7 @@ def hdf5_header(path: Path, key: str | None = None) -> tuple[tuple, str, bool]:
     except ScoreinvError:
         raise
     except Exception as e:
-        raise ScoreinvError(f"{path}: cannot open HDF5 file ({type(e).__name__}: {e}); expected a complete "
+        raise ScoreinvError(f"{path}: cannot open HDF5 file ({cause(e)}); expected a complete "
                             ".h5 file") from e
     if k == "kspace":
         if len(shape) not in (3, 4):
@@ -234,7 +254,6 @@ def _center_crop(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def read_hdf5(path: Path, key: str | None = None) -> np.ndarray:
-    h5py = _h5py()
     try:
         with h5py.File(str(path), "r") as f:
             k = _h5_choice(f, path, key)
@@ -256,7 +275,7 @@ def read_hdf5(path: Path, key: str | None = None) -> np.ndarray:
     except ScoreinvError:
         raise
     except Exception as e:
-        raise ScoreinvError(f"{path}: cannot read HDF5 data ({type(e).__name__}: {e}); expected a complete "
+        raise ScoreinvError(f"{path}: cannot read HDF5 data ({cause(e)}); expected a complete "
                             ".h5 file") from e
     return _as_volume(data, path, f"HDF5 dataset {k!r}")
 
@@ -264,13 +283,11 @@ def read_hdf5(path: Path, key: str | None = None) -> np.ndarray:
 # --- 2-D images -----------------------------------------------------------------------------
 def _open_image(path: Path):
     try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - Pillow comes with matplotlib
-        raise ScoreinvError("reading PNG/TIFF/JPEG needs Pillow (pip install pillow)") from e
-    try:
-        return Image.open(str(path))
+        with warnings.catch_warnings():        # a damaged file raises below; Pillow's warnings add nothing
+            warnings.simplefilter("ignore")
+            return Image.open(str(path))
     except Exception as e:
-        raise ScoreinvError(f"{path}: cannot open image ({type(e).__name__}: {e}); expected a PNG, TIFF or "
+        raise ScoreinvError(f"{path}: cannot open image ({cause(e)}); expected a PNG, TIFF or "
                             "JPEG file") from e
 
 
@@ -289,15 +306,13 @@ def _frame_array(im) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import ImageSequence
-
     try:
         with _open_image(path) as im:
             frames = [_frame_array(fr) for fr in ImageSequence.Iterator(im)]
     except ScoreinvError:
         raise
     except Exception as e:
-        raise ScoreinvError(f"{path}: cannot decode image ({type(e).__name__}: {e}); the file may be "
+        raise ScoreinvError(f"{path}: cannot decode image ({cause(e)}); the file may be "
                             "truncated or damaged") from e
     if len({f.shape for f in frames}) > 1:
         raise ScoreinvError(f"{path}: frames have different shapes {sorted({f.shape for f in frames})}; "
@@ -333,7 +348,7 @@ def read_numpy(path: Path, key: str | None = None, mmap: bool = False) -> np.nda
     except ScoreinvError:
         raise
     except Exception as e:
-        raise ScoreinvError(f"{path}: cannot read NumPy array ({type(e).__name__}: {e}); expected a complete "
+        raise ScoreinvError(f"{path}: cannot read NumPy array ({cause(e)}); expected a complete "
                             ".npy/.npz file of numbers") from e
     return _as_volume(arr, path, "array")
 
@@ -353,10 +368,23 @@ def numpy_header(path: Path, key: str | None = None) -> tuple:
 
 
 def read_volume(path, key: str | None = None) -> Volume:
-    """Read one file (or all DICOM series files of a folder's single series) into a Volume."""
-    from .folder import scan
+    """Read one file, or the one volume of a folder (a DICOM series), into a Volume.
 
-    refs, _ = scan(path, key=key)
+    Files of the folder that are not images or cannot be read are left out and listed in
+    meta['skipped'] (Skipped(path, reason); `skipped_line` words them); a folder of more than
+    one volume raises.
+    """
+    from .folder import scan  # folder builds on this module: imported here to avoid a cycle
+
+    refs, skipped = scan(path, key=key)
+    if not refs:
+        why = f" ({skipped_line(skipped, path)})" if skipped else ""
+        raise ScoreinvError(f"{path}: no image found{why}; expected a DICOM series, NIfTI, HDF5, PNG/TIFF/JPEG "
+                            "or NumPy file")
     if len(refs) != 1:
-        raise ScoreinvError(f"{path}: holds {len(refs)} volumes; expected exactly one (use a folder dataset)")
-    return refs[0].read()
+        names = ", ".join(r.name for r in refs[:5]) + (", ..." if len(refs) > 5 else "")
+        raise ScoreinvError(f"{path}: holds {len(refs)} volumes ({names}); expected exactly one (give one file "
+                            "or series folder, or use a folder dataset)")
+    vol = refs[0].read()
+    vol.meta["skipped"] = list(skipped)
+    return vol

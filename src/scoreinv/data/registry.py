@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import ScoreinvError
+from ..physics.mar_spectra import HU_MAX, HU_MIN
 from .base import SliceDataset
 
 BUILTIN_DATASETS = ("phantoms", "ellipses", "brain")
@@ -33,7 +34,7 @@ DESCRIPTIONS = {
 
 
 # folder/CT options a caller may pass to every dataset: at these values they change nothing
-NEUTRAL = {"axis": 0, "normalize": "auto", "hu_min": -1024.0, "hu_max": 3200.0}
+NEUTRAL = {"axis": 0, "normalize": "auto", "hu_min": HU_MIN, "hu_max": HU_MAX}
 
 
 def _check_options(kind: str, options: dict) -> None:

@@ -1,4 +1,4 @@
-"""The linear-operator interface every solver uses (DESIGN.md §2.2).
+"""The linear-operator interface every solver uses (docs/design.md §2.4).
 
 Conventions
 - Images: real tensors of shape (B, 1, H, W) (float32), or complex (B, 1, H, W) for
@@ -11,7 +11,7 @@ Operators with the decomposition A = P(Λ) T (T invertible, Λ a 0/1 mask) set
 `has_decomposition = True` and provide `T`, `T_inv`, `mask` (bool, broadcastable to the
 T-domain), `embed` (P(Λ)^{-1}: measurement -> T-domain, zero off the mask) and `restrict`
 (P(Λ): T-domain -> measurement). Every operator gets the generic regularised least-squares
-solve of DESIGN.md §2.3 (conjugate gradient on the normal equations), used for operators
+solve of docs/design.md §2.6 (conjugate gradient on the normal equations), used for operators
 without a cheap exact T.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ class LinearOperator(abc.ABC):
 
         Solves (A^T A + reg I) x = A^T y + reg x0 per sample (reg may be (B,)). With reg = 0 and
         an under-determined consistent system, CG started at x0 converges to the projection
-        of x0 onto {A x = y} (DESIGN.md §2.3, the path for operators without a cheap T).
+        of x0 onto {A x = y} (docs/design.md §2.6, the path for operators without a cheap T).
         A sample stops (its step is frozen) once its residual norm falls below tol times the norm
         of the right-hand side, so iterating on round-off with a singular A^T A cannot diverge.
         """

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import ScoreinvError, check_choice
+from ..errors import ScoreinvError, check_choice, check_int
 from .geometry import FanGeometry, ParallelGeometry
 
 _SHEPP_LOGAN = [  # value (original), value (modified, Toft), a, b, x0, y0, phi (degrees)
@@ -65,8 +65,7 @@ def ellipse_line_integrals(ellipses, geometry: ParallelGeometry | FanGeometry, s
     e = _check_ellipses(ellipses)
     if not isinstance(geometry, (ParallelGeometry, FanGeometry)):
         raise ScoreinvError(f"geometry: expected a ParallelGeometry or FanGeometry, got {type(geometry).__name__}")
-    if isinstance(subsamples, bool) or not isinstance(subsamples, int) or subsamples < 1:
-        raise ScoreinvError(f"subsamples = {subsamples!r}; expected a positive integer")
+    subsamples = check_int("subsamples", subsamples)
     scale = geometry.n * geometry.pixel_size / 2.0                      # mm per normalised unit
     out = torch.zeros(e.shape[0], geometry.n_views, geometry.n_det, dtype=torch.float64)
     for j in range(subsamples):
@@ -90,10 +89,7 @@ def rasterize_ellipses(ellipses, n: int, supersample: int = 1) -> torch.Tensor:
     """Ellipse phantoms on an n x n grid -> (B, 1, n, n) float64; each pixel averages
     supersample² point samples (supersample = 1: the value at the pixel centre)."""
     e = _check_ellipses(ellipses)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ScoreinvError(f"n = {n!r}; expected a positive integer")
-    if isinstance(supersample, bool) or not isinstance(supersample, int) or supersample < 1:
-        raise ScoreinvError(f"supersample = {supersample!r}; expected a positive integer")
+    n, supersample = check_int("n", n), check_int("supersample", supersample)
     m = n * supersample
     t = (torch.arange(m, dtype=torch.float64) + 0.5) * (2.0 / m) - 1.0
     x = t[None, :].expand(m, m)
@@ -119,8 +115,7 @@ def simulate_without_inverse_crime(image: torch.Tensor, op, upsample: int = 4, m
     system matrix is built in chunks of views and not cached.
     """
     check_choice("mode", mode, ("bicubic", "bilinear"))
-    if isinstance(upsample, bool) or not isinstance(upsample, int) or upsample < 2:
-        raise ScoreinvError(f"upsample = {upsample!r}; expected an integer >= 2")
+    upsample = check_int("upsample", upsample, 2)
     fine = getattr(op, "_simulate_fine", None)
     if fine is None:
         raise ScoreinvError(f"simulate_without_inverse_crime: {type(op).__name__} has no finer-grid model; "

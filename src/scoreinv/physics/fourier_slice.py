@@ -1,4 +1,4 @@
-"""Sparse-view CT as A = P(Λ) T with an exactly invertible T (DESIGN.md §2.2, §2.5).
+"""Sparse-view CT as A = P(Λ) T with an exactly invertible T (docs/design.md §2.4, §3.1).
 
 T is the centred orthonormal 2-D FFT on the N x N image grid (square, so T⁻¹ = Tᴴ is exact and
 a λ = 1 projection x' = T⁻¹(Λ ŷ + (1-Λ) T x) gives P(Λ) T x' = ŷ to float precision; the

@@ -1,4 +1,4 @@
-"""CT acquisition geometries in physical units, and the angle sets of the paper (DESIGN.md §2.5).
+"""CT acquisition geometries in physical units, and the angle sets of the paper (docs/design.md §3.1).
 
 Coordinates (used by every CT module):
 - The image is N x N pixels of side `pixel_size` (mm). Pixel (i, j) (row i, column j) has its
@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from ..errors import ScoreinvError, check_choice, check_range
+from ..errors import ScoreinvError, check_choice, check_int, check_range
 
 
 def _angles_array(angles, name: str = "angles") -> np.ndarray:
@@ -42,15 +42,11 @@ def _angles_array(angles, name: str = "angles") -> np.ndarray:
 
 
 def _check_size(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ScoreinvError(f"image size N = {n!r}; expected an integer >= 2")
-    return int(n)
+    return check_int("image size N", n, 2)
 
 
 def _check_factor(f) -> int:
-    if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 1:
-        raise ScoreinvError(f"refinement factor = {f!r}; expected a positive integer")
-    return int(f)
+    return check_int("refinement factor", f)
 
 
 def _parity_at_least(v: float, like: int) -> int:
@@ -61,8 +57,7 @@ def _parity_at_least(v: float, like: int) -> int:
 
 def dense_angles(n: int, arc: float = math.pi) -> np.ndarray:
     """The dense angle set: n angles equally spaced over [0, arc) (radians), shape (n,)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ScoreinvError(f"number of angles n = {n!r}; expected a positive integer")
+    n = check_int("number of angles n", n)
     check_range("arc", arc, 1e-9, 4 * math.pi)
     return np.arange(n, dtype=np.float64) * (arc / n)
 
@@ -72,8 +67,7 @@ def sparse_view_indices(n_dense: int, n_views: int) -> np.ndarray:
 
     Same selection as the reference implementation (NumPy's round-half-to-even), shape (n_views,).
     """
-    if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or not 1 <= n_views <= n_dense:
-        raise ScoreinvError(f"n_views = {n_views!r}; expected an integer in [1, {n_dense}]")
+    n_views = check_int("views", n_views, 1, n_dense)
     idx = np.round(np.linspace(0, n_dense - 1, int(n_views))).astype(np.int64)
     return idx
 
@@ -173,9 +167,7 @@ class ParallelGeometry(_Geometry):
         self.det_spacing = check_range("det_spacing", self.pixel_size if det_spacing is None else det_spacing, 1e-12)
         if n_det is None:
             n_det = _parity_at_least(math.sqrt(2.0) * self.n * self.pixel_size / self.det_spacing, self.n)
-        if isinstance(n_det, bool) or not isinstance(n_det, (int, np.integer)) or n_det < 1:
-            raise ScoreinvError(f"n_det = {n_det!r}; expected a positive integer")
-        self.n_det = int(n_det)
+        self.n_det = check_int("detector bins n_det", n_det)
 
     def _detector_key(self) -> tuple:
         return (self.n_det, self.det_spacing)
@@ -251,9 +243,7 @@ class FanGeometry(_Geometry):
             else:
                 half = self.detector_distance * math.tan(gmax) / self.det_spacing
             n_det = _parity_at_least(2 * half + 1, self.n)
-        if isinstance(n_det, bool) or not isinstance(n_det, (int, np.integer)) or n_det < 1:
-            raise ScoreinvError(f"n_det = {n_det!r}; expected a positive integer")
-        self.n_det = int(n_det)
+        self.n_det = check_int("detector bins n_det", n_det)
         if self.detector == "equiangular" and (self.n_det * self.det_angle) / 2 >= math.pi / 2:
             raise ScoreinvError("equiangular detector spans a fan of 180 degrees or more; reduce n_det or det_spacing")
 

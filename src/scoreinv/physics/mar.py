@@ -1,4 +1,4 @@
-"""Metal-artifact simulation (DESIGN.md §2.6) and the MAR measurement operator (§2.2).
+"""Metal-artifact simulation (docs/design.md §3.3) and the MAR measurement operator (§2.4).
 
 `simulate_mar` follows the published simulation on top of `ParallelBeamCT`:
 

@@ -1,6 +1,6 @@
 """Metal implants, metal segmentation and the linear-interpolation (LI) sinogram inpainting.
 
-- `implant_mask`: one binary implant on the pixel grid (DESIGN.md §2.6; the reference's mask
+- `implant_mask`: one binary implant on the pixel grid (docs/design.md §3.3; the reference's mask
   set is not available, so shapes are generated): a `disc`, a `rod` (rotated rectangle) or a
   `screw` (rotated shaft with a triangular thread and a wider head), sizes in cm.
 - `random_implants`: one or several random implants placed inside the body, seeded.

@@ -1,4 +1,4 @@
-"""Polychromatic X-ray physics for metal-artifact simulation (DESIGN.md §2.6).
+"""Polychromatic X-ray physics for metal-artifact simulation (docs/design.md §3.3).
 
 - `MarTables`: the physical tables shipped in `scoreinv/resources/mar` (GE 120 kVp spectrum,
   mass attenuation of water, cortical bone and metals), loaded through importlib.resources.
@@ -24,7 +24,7 @@ import torch
 
 from ..errors import ScoreinvError, check_choice, check_finite
 
-HU_MIN, HU_MAX = -1024.0, 3200.0
+HU_MIN, HU_MAX = -1024.0, 3200.0   # the reference's [0, 1] <-> HU window: every reader and writer uses it
 MU_WATER = 0.192  # 1/cm at 70 keV, as the reference simulation
 KEV = 70
 KVP = 120
@@ -73,14 +73,16 @@ class MarTables:
                          water_mass_mu=float(mu70[0]))
 
 
-def hu_to_unit(hu):
-    """HU -> image scale: (HU + 1024) / 4224 (−1024 -> 0, 3200 -> 1; not clipped)."""
-    return (hu - HU_MIN) / (HU_MAX - HU_MIN)
+def hu_to_unit(hu, hu_min: float = HU_MIN, hu_max: float = HU_MAX):
+    """HU -> image scale: (HU - hu_min) / (hu_max - hu_min), not clipped; the one HU mapping of the
+    package. The default window is the reference's: (HU + 1024) / 4224 (−1024 -> 0, 3200 -> 1).
+    Works on floats, NumPy arrays and tensors; callers that need [0, 1] clip the result."""
+    return (hu - hu_min) / (hu_max - hu_min)
 
 
-def unit_to_hu(x):
-    """Image scale -> HU: x · 4224 − 1024."""
-    return x * (HU_MAX - HU_MIN) + HU_MIN
+def unit_to_hu(x, hu_min: float = HU_MIN, hu_max: float = HU_MAX):
+    """Image scale -> HU, the inverse of `hu_to_unit`: x · (hu_max − hu_min) + hu_min (default x · 4224 − 1024)."""
+    return x * (hu_max - hu_min) + hu_min
 
 
 def hu_to_mu(hu):

@@ -1,4 +1,4 @@
-"""k-space sampling masks for MRI (DESIGN.md §2.5), all (H, W) bool with DC at (H//2, W//2).
+"""k-space sampling masks for MRI (docs/design.md §3.2), all (H, W) bool with DC at (H//2, W//2).
 
 - `equispaced_mask`: the reference implementation's column mask: a centre band of
   round(W · n_keep / 1000) columns plus equispaced columns at an adjusted step, about n_keep
@@ -176,6 +176,10 @@ def make_mask(kind: str, shape, acceleration: float, center_fraction: float | No
     check_choice("mask kind", kind, MASK_KINDS)
     h, w = _check_shape(shape)
     r = check_range("acceleration", acceleration, 1.0, None)
+    most = w if kind in ("equispaced", "random") else h * w
+    if r > most:
+        raise ScoreinvError(f"acceleration = {acceleration:g} is more than the {most} "
+                            f"{'columns' if most == w else 'points'} of a {h}x{w} k-space; expected 1 to {most}")
     if kind == "equispaced":
         return equispaced_mask((h, w), max(1, int(round(w / r))))
     if kind == "random":

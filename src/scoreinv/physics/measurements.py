@@ -38,6 +38,7 @@ TASKS = ("ct", "mri", "mar")
 NOISE_MODELS = ("none", "poisson", "gaussian")
 REQUIRED_KEYS = ("format_version", "task", "operator", "measurements", "image_size", "noise")
 PER_SLICE_ARRAYS = ("keep",)  # operator arrays that may carry a leading slice axis
+TASK_OPERATORS = {"ct": ("ct", "fourier_slice_ct"), "mri": ("cartesian_mri", "sense_mri"), "mar": ("mar_ct",)}
 
 
 # --- operator <-> (spec, arrays) ------------------------------------------------------------
@@ -205,7 +206,7 @@ def save_measurements(path, task: str, operator: LinearOperator | None, y: torch
     else:
         image_size = tuple(ground_truth.shape[-2:]) if ground_truth is not None else tuple(spec["image_size"])
     noise = dict(noise)
-    check_choice("noise model", noise.get("model", "none"), NOISE_MODELS)
+    check_contents(path, task, spec, noise, y.detach().cpu().numpy())
     out = {
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
         "task": np.array(task),
@@ -248,6 +249,27 @@ def _json(z, key, path) -> dict:
     return d
 
 
+def check_contents(path, task: str, spec: dict, noise: dict, y: np.ndarray) -> None:
+    """What the format's keys must agree on: the operator kind belongs to the task
+    (TASK_OPERATORS), MRI k-space is complex and CT/MAR sinograms are real (Fourier-slice CT data
+    are complex lines of the sinogram's transform), and the noise record
+    names a known model with a finite level >= 0. Raises ScoreinvError naming the file."""
+    kind = spec.get("kind")
+    if kind not in TASK_OPERATORS[task]:
+        raise ScoreinvError(f"{path}: task {task!r} does not match its operator kind {kind!r}; expected "
+                            f"{' or '.join(TASK_OPERATORS[task])}")
+    if task == "mri" and y.dtype.kind != "c":
+        raise ScoreinvError(f"{path}: MRI measurements must be complex k-space, got real {y.dtype}")
+    if kind in ("ct", "mar_ct") and y.dtype.kind == "c":
+        raise ScoreinvError(f"{path}: {task.upper()} measurements must be real sinograms, got complex {y.dtype}")
+    model = noise.get("model", "none")
+    if model not in NOISE_MODELS:
+        raise ScoreinvError(f"{path}: unknown noise model {model!r}; expected one of {', '.join(NOISE_MODELS)}")
+    level = noise.get("level", 0.0)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not np.isfinite(level) or level < 0:
+        raise ScoreinvError(f"{path}: noise level {level!r}; expected a finite number >= 0")
+
+
 def load_measurements(path) -> Measurements:
     """Read a measurement file written by `save_measurements` (format version 1)."""
     path = os.fspath(path)
@@ -277,6 +299,7 @@ def load_measurements(path) -> Measurements:
                                     f"got {y.dtype} shape {y.shape}")
             if not np.isfinite(y).all():
                 raise ScoreinvError(f"{path}: measurements contain NaN or Inf")
+            check_contents(path, task, spec, noise, y)
             arrays = {k[3:]: z[k] for k in keys if k.startswith("op_")}
             extras = {k[6:]: z[k] for k in keys if k.startswith("extra_")}
             gt = None
@@ -285,6 +308,8 @@ def load_measurements(path) -> Measurements:
                 if tuple(gt.shape) != (y.shape[0], 1, int(size[0]), int(size[1])):
                     raise ScoreinvError(f"{path}: ground_truth has shape {tuple(gt.shape)}; expected "
                                         f"{(y.shape[0], 1, int(size[0]), int(size[1]))}")
+                if not gt.is_floating_point() or not torch.isfinite(gt).all():
+                    raise ScoreinvError(f"{path}: ground_truth should hold finite float images")
             source = _json(z, "source", path) if "source" in keys else None
             y = torch.from_numpy(y)
     except ScoreinvError:

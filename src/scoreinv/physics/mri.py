@@ -1,4 +1,4 @@
-"""Single-coil Cartesian MRI: A = P(Λ) T with T the centred orthonormal 2-D FFT (DESIGN.md §2.2).
+"""Single-coil Cartesian MRI: A = P(Λ) T with T the centred orthonormal 2-D FFT (docs/design.md §2.4).
 
 k-space convention: DC at index (H // 2, W // 2) (fftshift layout), orthonormal scaling, so T
 is unitary: ||T x|| = ||x|| and T^{-1} = T^H. This matches the reference's

@@ -1,11 +1,11 @@
-"""Measurement noise: Poisson photon counts for CT, complex Gaussian for MRI (DESIGN.md §2.5-2.6).
+"""Measurement noise: Poisson photon counts for CT, complex Gaussian for MRI (docs/design.md §3.1, §3.2).
 
 CT (Beer-Lambert): a ray with line integral p (dimensionless: attenuation coefficient times
 length, e.g. μ in 1/mm times a sinogram in mm) has expected count I0 e^{-p}. We draw
 
     counts ~ Poisson(I0 e^{-p} + scatter) + N(0, σ_e²)   (σ_e: electronic noise, in photons),
 
-clamp counts below 1 to 1 (zero counts have no logarithm; DESIGN.md §2.6), and return the
+clamp counts below 1 to 1 (zero counts have no logarithm; docs/design.md §3.1), and return the
 noisy line integral p̃ = -log(counts / I0). Randomness only through the given
 torch.Generator; results are on the input's device.
 

@@ -1,7 +1,7 @@
 """Multi-coil Cartesian MRI (SENSE): y_c = Λ ⊙ fft2c(S_c x), c = 1..C.
 
 No cheap exact T exists (the coil maps mix the image into C > 1 k-spaces), so the solvers use
-the generic conjugate-gradient `lstsq` of the base class (DESIGN.md §2.3, last paragraph).
+the generic conjugate-gradient `lstsq` of the base class (docs/design.md §2.6).
 
 Also here:
 - `birdcage_maps`: smooth synthetic coil sensitivities for simulation. Coil c sits on a circle

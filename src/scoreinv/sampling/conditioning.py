@@ -1,6 +1,6 @@
 """Conditioning a score-based prior on measurements y = A x (+ noise).
 
-- `Projection`: the paper's Eq. 9 (DESIGN.md §2.3). Draw ŷ_t = α(t) y + β(t) A z, then
+- `Projection`: the paper's Eq. 9 (docs/design.md §2.5). Draw ŷ_t = α(t) y + β(t) A z, then
       x' = T⁻¹[ λ Λ P⁻¹(Λ) ŷ_t + (1 − λ) Λ T x + (I − Λ) T x ]
   for operators with the A = P(Λ)T decomposition; otherwise
       x' = argmin ‖A x' − ŷ_t‖² + ((1 − λ)/λ) ‖A‖² ‖x' − x‖²  by conjugate gradient (DDS-style;
@@ -10,8 +10,10 @@
 - `LikelihoodScore`: s(x, t) + Aᵀ(ŷ − A x) / ((r σ(t))² ‖A‖²): the Score SDE baseline (ŷ = ŷ_t) and
   annealed Langevin of Jalal et al. (ŷ = y). ‖A‖ = 1 for the paper's unitary T (MRI, Fourier-slice
   CT); dividing by ‖A‖² keeps r meaningful for operators of other scales (spatial Radon, MAR).
-- `DPSScore`: diffusion posterior sampling (Chung et al. 2023): s(x, t) − ζ/(g² ‖y − A D(x)‖) ∇ₓ‖y − A D(x)‖²,
-  i.e. the DPS step folded into the score of an ancestral predictor.
+- `DPSScore`: diffusion posterior sampling (Chung et al. 2023): s(x, t) − (ζ/g²) ∇ₓ‖y − A D(x)‖
+  = s − ζ/(2 g² ‖r‖) ∇ₓ‖r‖² with r = y − A D(x), i.e. the DPS step folded into the score of an
+  ancestral predictor. Chung et al. write the step as ζ'/‖r‖ ∇‖r‖², so our ζ is 2ζ' (the tuned
+  presets are in our ζ).
 """
 from __future__ import annotations
 

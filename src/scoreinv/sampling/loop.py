@@ -1,4 +1,4 @@
-"""The one sampler loop (DESIGN.md §5): a time schedule, a predictor, a corrector, a conditioning
+"""The one sampler loop (docs/design.md §2.7): a time schedule, a predictor, a corrector, a conditioning
 hook applied before each step, the final Tweedie denoising step and a final hook.
 
 Per level, in the reference code's order (default, `order="code"`):

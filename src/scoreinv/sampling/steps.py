@@ -1,4 +1,4 @@
-"""Predictor and corrector steps (Song et al. 2021, Alg. 1-2; DESIGN.md §2.3).
+"""Predictor and corrector steps (Song et al. 2021, Alg. 1-2; docs/design.md §2.7).
 
 Each step maps x (B, C, H, W) at time t (B,) to (x, x_mean). `score_fn(x, t)` is any score,
 possibly with a likelihood term added. `x_eval` (optional) is where the score is evaluated:

@@ -1,0 +1,47 @@
+"""The outputs of an evaluation that people read: the end-of-run table and the comparison figure."""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .imaging import save_figure
+
+MAIN_VARIANT = "full image (psnr, ssim: whole image clipped to [0, 1], data range 1)"
+
+
+def comparison_figure(arrays: dict, solvers, path, task: str, n_images: int = 4) -> None:
+    """Rows: per image a reconstruction row and an |error| row; columns: ground truth, each solver."""
+    gt = arrays["ground_truth"]
+    n = min(n_images, gt.shape[0])
+    cols = 1 + len(solvers)
+    fig = Figure(figsize=(2.0 * cols, 4.1 * n))      # no pyplot: no backend is chosen for the caller
+    axes = fig.subplots(2 * n, cols, squeeze=False)
+    for i in range(n):
+        ref = gt[i, 0]
+        lo, hi = (np.quantile(ref, [0.01, 0.995]) if task in ("ct", "mar") else (0.0, 1.0))
+        hi = max(hi, lo + 1e-3)
+        axes[2 * i, 0].imshow(ref, cmap="gray", vmin=lo, vmax=hi)
+        axes[2 * i, 0].set_title(f"ground truth #{int(arrays['index'][i])}", fontsize=8)
+        for j, s in enumerate(solvers, 1):
+            x = arrays[f"recon_{s}"][i, 0]
+            err = np.abs(np.clip(x, 0, 1) - ref)
+            mse = float((err ** 2).mean())
+            p = 10 * np.log10(1.0 / mse) if mse > 0 else float("inf")
+            axes[2 * i, j].imshow(x, cmap="gray", vmin=lo, vmax=hi)
+            axes[2 * i, j].set_title(f"{s}\n{p:.2f} dB", fontsize=8)
+            axes[2 * i + 1, j].imshow(err, cmap="magma", vmin=0, vmax=0.2)
+        axes[2 * i + 1, 0].text(0.5, 0.5, "|error|\n(0 to 0.2)", ha="center", va="center", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+
+
+def format_table(summary: list[dict]) -> str:
+    """The end-of-run table: solver, PSNR ± std, SSIM ± std, s/image, NFE."""
+    lines = [f"{'solver':<20} {'PSNR (dB)':>15} {'SSIM':>15} {'s/image':>9} {'NFE':>6}"]
+    for r in summary:
+        lines.append(f"{r['solver']:<20} {r['psnr_mean']:>7.2f} ± {r['psnr_std']:<5.2f} "
+                     f"{r['ssim_mean']:>7.3f} ± {r['ssim_std']:<5.3f} {r['sec_per_image']:>9.2f} {r['nfe']:>6d}")
+    n = summary[0]["n_images"] if summary else 0
+    return "\n".join(lines) + f"\n({n} images, {summary[0]['setting'] if summary else ''}; {MAIN_VARIANT})"
