@@ -215,8 +215,7 @@ def validate(cfg) -> None:
         raise ScoreinvError(f"data.image_size = {size} is not divisible by 2^(len(model.ch_mult)-1) = {2 ** (len(m.ch_mult) - 1)}")
     for name, v in [("train.batch_size", t.batch_size), ("train.max_steps", t.max_steps), ("model.nf", m.nf),
                     ("data.image_size", size), ("model.num_scales", m.num_scales)]:
-        if v <= 0:
-            raise ScoreinvError(f"{name} = {v} must be positive")
+        check_int(name, v)
     if not (0 < m.sigma_min < m.sigma_max):
         raise ScoreinvError(f"need 0 < model.sigma_min < model.sigma_max, got {m.sigma_min}, {m.sigma_max}")
     if not (0.0 <= t.ema_rate < 1.0):

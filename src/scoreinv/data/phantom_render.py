@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from ..errors import ScoreinvError
+from ..errors import check_int
 
 
 def pixel_centres(size: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,8 +169,7 @@ def render(params, size: int, antialias: bool = True) -> torch.Tensor:
     render(params, S) (textures are band-limited to the params' native size). Only ellipses
     that contribute (non-zero value or class weight) are evaluated, the small ones on patches.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 8192:
-        raise ScoreinvError(f"render: size must be an integer in [4, 8192], got {size!r}")
+    size = check_int("render: size", size, 4, 8192)
     ell = params.ellipses
     B, dev, h, P = ell.shape[0], ell.device, 2.0 / size, size * size
     W = params.class_weights if params.textured else None

@@ -79,8 +79,7 @@ def sparse_view_angles(n: int, n_views: int) -> np.ndarray:
 
 def limited_angles(n_views: int, arc: float, start: float = 0.0) -> np.ndarray:
     """A limited-angle scan: n_views angles equally spaced over the contiguous arc [start, start+arc)."""
-    if not isinstance(n_views, (int, np.integer)) or n_views < 1:
-        raise ScoreinvError(f"n_views = {n_views!r}; expected a positive integer")
+    n_views = check_int("views", n_views)
     check_range("arc", arc, 1e-9, 2 * math.pi)
     return start + np.arange(n_views, dtype=np.float64) * (arc / n_views)
 
