@@ -228,6 +228,11 @@ CASES = [
     Case("bench train --preset nosuch", r"nosuch"),
     Case("bench train --batch-size 0", r"--batch-size"),
     Case("bench sampler --checkpoint nosuch", r"nosuch"),
+    Case("bench physics --size 4", r"--size"),
+    Case("bench sampler --steps 0", r"--steps"),
+    Case("bench train --seconds -1", r"--seconds"),
+    Case("bench train --groups nosuch", r"nosuch"),
+    Case("bench train --threads 0", r"--threads"),
 ]
 
 

@@ -62,4 +62,19 @@ def test_beats_init_needs_both_numbers_better_and_a_step():
     assert not _before_after([rec(0, 1.0, 20.0), rec(5, 0.9, 19.0)])["beats_init"]
     assert not _before_after([rec(0, 1.0, 20.0), rec(5, 1.1, 21.0)])["beats_init"]
     assert not _before_after([rec(5, 1.0, 20.0)])["beats_init"]
+    assert not _before_after([rec(0, 1.0, 20.0), rec(5, 0.995, 21.0)])["beats_init"]   # within the margins
+    assert not _before_after([rec(0, 1.0, 20.0), rec(5, 0.9, 20.01)])["beats_init"]
     assert _before_after([]) == {}
+
+
+def test_an_occupied_out_is_refused_before_any_training(tmp_path, monkeypatch):
+    """A second check into the same folder must not spend its device budget and then fail at export."""
+    import scoreinv.bench.device_check as dc
+
+    def boom(*a, **k):
+        raise AssertionError("benchmark started")
+    monkeypatch.setattr(dc, "bench_train", boom)
+    (tmp_path / "ct_cpu.pt").write_bytes(b"weights of an earlier check")
+    with pytest.raises(ScoreinvError, match="ct_cpu.pt: exists"):
+        dc.run(tmp_path, 0.1, parse_priors("ct=ct64:ct64"), 2, 0.1, ("layouts",), 0, device="cpu")
+    assert (tmp_path / "ct_cpu.pt").read_bytes() == b"weights of an earlier check"

@@ -165,3 +165,21 @@ def test_skipped_files_are_reported_by_simulate_and_inspect(tmp_path, capsys):
                  str(tmp_path / "n.npz")]) == 2
     err = capsys.readouterr().err
     assert "broken.dcm" in err and "Traceback" not in err
+
+
+def test_series_with_a_duplicate_position_or_mixed_pixel_size_is_refused(tmp_path):
+    """Two slices at one position (a copied file, two acquisitions under one UID) or two pixel sizes in
+    one series would be stacked into a wrong volume without a word."""
+    s = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 40) + 100
+    for k, z in enumerate((0.0, 2.0, 2.0)):
+        save(slice_ds(s + k, ipp=(0, 0, z), series="1.2.3.1", number=k + 1), tmp_path / "dup" / f"{k}.dcm")
+    with pytest.raises(ScoreinvError, match="same position"):
+        read_volume(tmp_path / "dup")
+    for k, (z, sp) in enumerate(((0.0, 1.0), (2.0, 1.0), (4.0, 0.5))):
+        save(slice_ds(s + k, ipp=(0, 0, z), spacing=(sp, sp), series="1.2.3.2", number=k + 1),
+             tmp_path / "mixed" / f"{k}.dcm")
+    with pytest.raises(ScoreinvError, match="PixelSpacing"):
+        read_volume(tmp_path / "mixed")
+    for k, z in enumerate((0.0, 2.0, 4.0)):    # the same slices, well formed, read
+        save(slice_ds(s + k, ipp=(0, 0, z), series="1.2.3.3", number=k + 1), tmp_path / "ok" / f"{k}.dcm")
+    assert read_volume(tmp_path / "ok").data.shape == (3, 8, 8)

@@ -113,6 +113,21 @@ def test_directory_of_another_configuration_is_refused(ckpt, tmp_path, capsys):
     assert {r["solver"] for r in _rows(out)} == {"fbp", "tv", "sirt"}
 
 
+def test_folder_of_other_images_is_refused(tmp_path, capsys):
+    """--data-seed and (without a model) --image-size are not in eval.json: a folder evaluated on
+    other images is refused, not resumed with the old results."""
+    def cmd(*extra):
+        return ["eval", "--task", "ct", "--views", "6", "--data", "phantoms", "--solvers", "fbp", "--num-images", "2",
+                "--out", str(tmp_path / "ev"), "--image-size", "16", *extra]
+    assert main(cmd()) == 0
+    before = (tmp_path / "ev" / "summary.json").read_text()
+    for extra in (["--data-seed", "3"], ["--image-size", "24"]):
+        assert main(cmd(*extra)) == 2, extra
+        assert "holds results for other images" in capsys.readouterr().err, extra
+    assert (tmp_path / "ev" / "summary.json").read_text() == before
+    assert main(cmd()) == 0                                      # the same images resume
+
+
 def test_mar_and_mri_posterior_samples(ckpt, tmp_path):
     out = tmp_path / "mar"
     assert main(["eval", "--checkpoint", ckpt, "--task", "mar", "--data", "phantoms", "--solvers", "li,nmar,dds",

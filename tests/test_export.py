@@ -23,3 +23,13 @@ def test_export_ships_presets_and_refuses_to_overwrite(tiny_checkpoint, tmp_path
     with pytest.raises(ScoreinvError, match="tuned for task 'ct', not 'mri'"):
         export(tiny_checkpoint, "other", dest=str(dest), presets=str(tuned))
     assert not (dest / "other.pt").exists()
+
+
+def test_export_onto_the_file_it_reads_is_refused(tiny_checkpoint, tmp_path):
+    """The source named as a work directory (or a shipped name) is the file it resolves to: never
+    the output, even with overwrite."""
+    meta = f"{tiny_checkpoint}/checkpoints-meta"
+    before = open(f"{meta}/checkpoint.pt", "rb").read()
+    with pytest.raises(ScoreinvError, match="is the input file"):
+        export(tiny_checkpoint, "checkpoint", dest=meta, overwrite=True)
+    assert open(f"{meta}/checkpoint.pt", "rb").read() == before

@@ -267,6 +267,33 @@ def test_bad_inputs_fail_before_sampling(model, mri_meas, tmp_path, capsys, no_s
     assert not (tmp_path / "out.npy").exists()
 
 
+def test_malformed_source_record_fails_before_sampling(model, mri_meas, tmp_path, capsys, no_sampling):
+    _rewrite(mri_meas, tmp_path / "src.npz", source=np.array(json.dumps({"intensity": {"offset": "x"}})))
+    assert main(["reconstruct", "--checkpoint", model, "--measurements", str(tmp_path / "src.npz"), "--out",
+                 str(tmp_path / "o.npy"), "--solver", "dds", "--no-progress"]) == 2
+    assert "malformed 'source' record" in capsys.readouterr().err
+
+
+def test_nifti_of_unevenly_spaced_slices_is_refused_before_sampling(model, tmp_path, capsys, no_sampling):
+    """One NIfTI affine has one slice step: slices 0, 1, 3 of a series (or a series with a gap) would put
+    the middle slice in the wrong place; DICOM output keeps each slice's own position."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+    (tmp_path / "series").mkdir()
+    for k, z in enumerate((0.0, 5.0, 10.0, 25.0)):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.ImagePositionPatient = [float(ds.ImagePositionPatient[0]), float(ds.ImagePositionPatient[1]), z]
+        ds.SOPInstanceUID, ds.InstanceNumber = generate_uid(), k + 1
+        ds.save_as(tmp_path / "series" / f"s{k}.dcm")
+    meas = tmp_path / "ct4.npz"
+    assert main(["simulate", "--task", "ct", "--views", "4", "--upsample", "1", "--size", "16",
+                 "--input", str(tmp_path / "series"), "--out", str(meas)]) == 0
+    for sl in ("0:4", "0,1,3"):    # a gap in the series; a selection with a gap
+        assert recon(model, meas, tmp_path / "v.nii.gz", "--solver", "dds", "--slices", sl) == 2
+        assert "not evenly spaced" in capsys.readouterr().err
+
+
 def test_preset_file_and_overrides(model, mri_meas, tmp_path):
     p = tmp_path / "tuned.yaml"
     p.write_text("solver: projection\ntask: mri\nparams: {snr: 0.3, lam: 0.75}\n")
@@ -319,6 +346,16 @@ def test_outputs_are_never_overwritten_by_surprise(model, mri_meas, ct_series, t
         with pytest.raises(AssertionError, match="sampling started"):
             main(["reconstruct", "--checkpoint", model, "--measurements", str(m), "--out", str(out),
                   "--solver", "dds", "--no-progress", "--overwrite"])
+    # the other files the run reads, the checkpoint and a preset, are never replaced either
+    ckpt = f"{model}/checkpoints-meta/checkpoint.pt"
+    before = open(ckpt, "rb").read()
+    (tmp_path / "p.yaml").write_text("solver: dds\ntask: mri\nparams: {eta: 0.5}\n")
+    for extra in (["--solver", "dds", "--report", ckpt], ["--preset", str(tmp_path / "p.yaml"), "--report",
+                                                          str(tmp_path / "p.yaml")]):
+        assert main(["reconstruct", "--checkpoint", model, "--measurements", str(mri_meas), "--out",
+                     str(tmp_path / "new.npy"), "--no-progress", "--overwrite", *extra]) == 2, extra
+        assert "is the input file" in capsys.readouterr().err, extra
+    assert open(ckpt, "rb").read() == before and "eta: 0.5" in (tmp_path / "p.yaml").read_text()
     (tmp_path / "series" / "notes.txt").write_text("user data")   # not an earlier output: never replaced
     assert main(["reconstruct", "--checkpoint", model, "--measurements", str(meas), "--out",
                  str(tmp_path / "series.dcm"), "--solver", "dds", "--overwrite"]) == 2

@@ -91,6 +91,7 @@ def test_bad_files(tmp_path):
     ({"noise": np.array(json.dumps({"model": "gaussian", "level": -0.1}))}, "noise level -0.1"),
     ({"noise": np.array(json.dumps({"model": "gaussian", "level": "high"}))}, "noise level 'high'"),
     ({"noise": np.array(json.dumps({"model": "rician", "level": 0.1}))}, "unknown noise model 'rician'"),
+    ({"noise": np.array(json.dumps({"model": "poisson"}))}, "without a level"),
     ({"task": np.array("ct")}, "task 'ct' does not match its operator kind 'cartesian_mri'"),
     ({"task": np.array("mar")}, "task 'mar' does not match"),
     ({"measurements": np.ones((3, 16, 16), dtype=np.float32)}, "MRI measurements must be complex"),
@@ -115,6 +116,11 @@ def test_real_sinogram_task_checked(tmp_path):
         load_measurements(_rewrite(p, tmp_path / "c.npz", measurements=op.forward(x).numpy().astype(np.complex64)))
     with pytest.raises(ScoreinvError, match="task 'mri' does not match"):
         save_measurements(tmp_path / "x.npz", "mri", op, op.forward(x), {"model": "none", "level": 0.0})
+    spec = json.loads(str(np.load(p)["operator"]))
+    spec["geometry"]["n"] = "sixteen"       # a value that is not a number: an error, not a traceback
+    m = load_measurements(_rewrite(p, tmp_path / "g.npz", operator=np.array(json.dumps(spec))))
+    with pytest.raises(ScoreinvError, match="g.npz: operator 'ct': missing or malformed parameter"):
+        m.operator()
 
 
 def test_save_validates(tmp_path):

@@ -47,6 +47,20 @@ def test_init_from_exported_model_gives_its_ema_weights_and_step(trained, tmp_pa
         assert torch.equal(out["model"].net.state_dict()[k].cpu(), v.float()), k  # online weights too
 
 
+def test_init_from_a_re_exported_model_without_an_image_count(trained, tmp_path):
+    """A model file without the images-seen record (as the shipped ct64/mri64), exported again
+    (its 'nimg' stored as None), still initialises a run."""
+    _, path = trained
+    ck = torch.load(path)
+    del ck["nimg"]
+    torch.save(ck, tmp_path / "old.pt")
+    again = export(str(tmp_path / "old.pt"), "again", dest=str(tmp_path / "models"))
+    assert torch.load(again)["nimg"] is None
+    cfg = _cfg("train.max_steps=100")
+    out = train(cfg, tmp_path / "run", dataset=Blobs(), progress=False, init=str(again), stop_after=0)
+    assert out["step"] == 40
+
+
 def test_loss_after_init_is_lower_than_from_scratch(trained, tmp_path):
     _, path = trained
     cfg = _cfg("train.max_steps=100")

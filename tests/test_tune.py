@@ -204,3 +204,16 @@ def test_out_that_is_not_the_studys_preset_is_refused(ckpt, tmp_path, capsys):
     db = tmp_path / "db" / "study.db"
     assert main(_args(ckpt, tmp_path, 2, "--out", str(db), "--overwrite")) == 2
     assert "is the input file" in capsys.readouterr().err
+
+
+def test_out_equal_to_the_preset_or_checkpoint_read_is_refused(ckpt, tmp_path, capsys):
+    """--out never replaces a file the run reads, even with --overwrite: the --preset it starts
+    from (which would change the study's fixed settings under it) or the checkpoint."""
+    start = tmp_path / "start.yaml"
+    S.write_preset(start, S.Preset("projection", "ct", {"snr": 0.1}, {"study": "s", "trials": 1}))
+    before = start.read_text()
+    ck = f"{ckpt}/checkpoints-meta/checkpoint.pt"
+    for out in (start, ck):
+        assert main(_args(ckpt, tmp_path, 1, "--preset", str(start), "--out", str(out), "--overwrite")) == 2
+        assert "is the input file" in capsys.readouterr().err
+    assert start.read_text() == before and not (tmp_path / "db").exists()

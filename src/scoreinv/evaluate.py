@@ -290,6 +290,20 @@ def _load_part(path: Path, idx: np.ndarray):
     return part if np.array_equal(part["idx"], idx) else None
 
 
+def _check_same_images(out: Path, dataset, idx: np.ndarray) -> None:
+    """A resumed folder must hold results of the same images: eval.json does not record the image
+    size (without a model) or --data-seed, so the stored ground truth of the first batch is
+    compared with the images the dataset gives now."""
+    part = _load_part(out / "parts" / "truth" / "b00000.npz", idx)
+    if part is None:
+        return
+    x = load_images(dataset, idx).numpy()
+    if part["x"].shape != x.shape or not np.allclose(part["x"], x, atol=1e-5):
+        raise ScoreinvError(f"--out {out}: holds results for other images (shape {part['x'].shape[-2:]} there, "
+                            f"{x.shape[-2:]} now, or other values: another --data-seed, --image-size or data); "
+                            "use another --out or remove it")
+
+
 def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_images: int, *, data_id: str,
              split: str, model=None, model_id: str | None = None, samples: int = 1, seed: int = 0,
              batch_size: int = 4, device="cpu", val_dataset=None, n_val: int = 4, figure_images: int = 4,
@@ -308,6 +322,8 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
     check_int("--samples", samples)
     check_int("--val-images", n_val)
     check_out_dir(out)
+    batches = [np.arange(i, min(i + batch_size, num_images)) for i in range(0, num_images, batch_size)]
+    _check_same_images(out, dataset, batches[0])
     env = json.dumps(environment(device), sort_keys=True)
     config = {"version": CONFIG_VERSION, "task": options.to_dict(), "data": data_id, "split": split,
               "seed": seed, "batch_size": batch_size, "samples": samples, "model": model_id,
@@ -321,7 +337,6 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
         x_val = load_images(vds, range(min(n_val, len(vds))))
         vp = build_problem(x_val, options, torch.Generator().manual_seed(derive_seed(seed, "problem-val")))
         choose_baseline_params(methods, vp, out / "weights.json", key, log)
-    batches = [np.arange(i, min(i + batch_size, num_images)) for i in range(0, num_images, batch_size)]
     names = TASK_METRICS[options.task]
     for b, idx in enumerate(batches):
         truth_path = out / "parts" / "truth" / f"b{b:05d}.npz"

@@ -33,9 +33,10 @@ def export(checkpoint: str, name: str, dtype: str = "float16", dest: str | None 
     if dt is None:
         raise ScoreinvError(f"--dtype {dtype!r}: expected float16 or float32")
     out = Path(dest) if dest else models_dir()
-    path = check_new_output(out / f"{name}.pt", overwrite=overwrite, flag="NAME", inputs=[checkpoint])
+    src = resolve_checkpoint(checkpoint)            # a shipped name or work directory: the file it reads
+    path = check_new_output(out / f"{name}.pt", overwrite=overwrite, flag="NAME", inputs=[src])
     files = _presets(presets, (Path(dest) / "presets" if dest else presets_dir()) / name, overwrite)
-    ck = read_checkpoint(resolve_checkpoint(checkpoint))
+    ck = read_checkpoint(src)
     if "ema" not in ck:
         raise ScoreinvError(f"{checkpoint}: no EMA weights to export")
     # the Fourier-feature frequencies (|W| ~ 16 and more) multiply log σ inside sin/cos: fp16's

@@ -39,9 +39,9 @@ from .physics.fourier_slice import fourier_from_parallel
 from .physics.measurements import PER_SLICE_ARRAYS, Measurements, load_measurements
 from .runinfo import environment
 from .sampling import solvers
-from .sampling.settings import (SOLVERS, Preset, Resolved, check_applies, check_targets, noisy_record, open_preset,
-                                resolve, shipped_model)
-from .score import load_score_model
+from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, Preset, Resolved, check_applies, check_targets,
+                                noisy_record, open_preset, resolve, shipped_model)
+from .score import load_score_model, resolve_checkpoint
 from .source_record import meta_from_source
 from .tasks import CT_OPERATORS, DEFAULT_CT_OPERATOR, repeat_operator, slice_operator
 from .train import resolve_device
@@ -67,15 +67,17 @@ def solver_settings(task: str, solver: str | None = None, preset=None, steps: in
 
 
 def check_outputs(out, measurements, n_slices: int, samples: int, overwrite: bool = False,
-                  report=None) -> None:
+                  report=None, inputs=()) -> None:
     """Refuse, before any work, outputs that cannot be written (module docstring). A DICOM output
-    of several slices is a folder NAME/ of IM_*.dcm; --overwrite replaces only such a folder."""
+    of several slices is a folder NAME/ of IM_*.dcm; --overwrite replaces only such a folder.
+    `inputs`: other files the run reads (checkpoint, preset), never replaced either."""
     ext = writers.output_format(out)
+    inputs = [measurements, *inputs]
     targets = [str(out)] + ([writers.std_path(out)] if samples > 1 else [])
     for t in targets:
         folder = Path(t[: -len(".dcm")]) if ext == ".dcm" and n_slices > 1 else None
         if folder is None or not folder.exists():
-            check_new_output(folder or t, overwrite=overwrite, flag="--out", inputs=[measurements])
+            check_new_output(folder or t, overwrite=overwrite, flag="--out", inputs=inputs)
             continue
         if not overwrite:
             raise ScoreinvError(f"--out {out}: the DICOM series folder {folder} exists; pass --overwrite to "
@@ -84,7 +86,16 @@ def check_outputs(out, measurements, n_slices: int, samples: int, overwrite: boo
         if not os.access(folder.absolute().parent, os.W_OK | os.X_OK):
             raise ScoreinvError(f"--out {out}: cannot write in {folder.absolute().parent} (permission denied)")
     if report is not None:
-        check_new_output(report, overwrite=overwrite, flag="--report", inputs=[measurements, *targets])
+        check_new_output(report, overwrite=overwrite, flag="--report", inputs=[*inputs, *targets])
+
+
+def _input_files(checkpoint, preset) -> list:
+    """The checkpoint file and the preset file a run reads (outputs must not replace them)."""
+    try:
+        files = [resolve_checkpoint(checkpoint)]
+    except ScoreinvError:          # reported by load_score_model, after the output checks
+        files = []
+    return files + ([preset] if isinstance(preset, (str, os.PathLike)) and preset != REFERENCE_KEYWORD else [])
 
 
 # --- the plan -----------------------------------------------------------------------------------
@@ -149,8 +160,15 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     writers.output_format(out)
     full = load_measurements(measurements)
     idx = parse_slices(slices, len(full))
-    check_outputs(out, measurements, len(idx), samples, overwrite, report)
+    check_outputs(out, measurements, len(idx), samples, overwrite, report, _input_files(checkpoint, preset))
     meas = select(full, idx)
+    try:        # the source record is read when writing: a malformed one is refused before sampling
+        meta = meta_from_source(full.source, meas.task, len(idx), idx)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ScoreinvError(f"{measurements}: malformed 'source' record ({e}); expected the record "
+                            "`scoreinv simulate` writes") from None
+    if writers.output_format(out) in (".nii", ".nii.gz"):
+        writers.check_even_slices(meta, len(idx), out)
     op = meas.operator()
     if getattr(op, "complex_image", False):
         raise ScoreinvError(f"{measurements}: {op.name} reconstructs complex images; the score prior models real "

@@ -108,7 +108,8 @@ def load_init(spec: str, cfg, model, ema: EMA, opt: torch.optim.Optimizer) -> di
             raise ScoreinvError(f"--init {spec}: its optimiser state does not fit ({e})") from None
         reset_hyperparameters(opt, cfg.train)
     step = int(ck.get("step", 0))
-    nimg = int(ck.get("nimg", step * theirs_cfg.train.batch_size))
+    nimg = ck.get("nimg")                # None in a model exported from a file without the record
+    nimg = int(nimg) if nimg is not None else step * theirs_cfg.train.batch_size
     mine, other = C.to_dict(cfg.model), C.to_dict(theirs_cfg.model)
     notes = [f"model.{k}: {other[k]!r} (file) -> {mine[k]!r} (this run)" for k in mine if other.get(k) != mine[k]]
     return {"step": step, "nimg": nimg, "warmup_from": step if not has_opt else 0, "optimizer": has_opt,

@@ -109,11 +109,13 @@ def base_settings(task: str, solver: str, preset=None, steps=None, sets: dict | 
                    steps=steps, sets=sets, noisy=noisy)
 
 
-def check_preset_output(path, study_name: str, overwrite: bool = False, storage: str | None = None) -> Path:
+def check_preset_output(path, study_name: str, overwrite: bool = False, storage: str | None = None,
+                        inputs=()) -> Path:
     """Refuse, before any trial, an --out that cannot be written or that exists and is not this
-    study's own preset (which a resumed study replaces); --overwrite replaces any preset file."""
+    study's own preset (which a resumed study replaces); --overwrite replaces any preset file,
+    never the database nor `inputs` (the files the run reads: --preset, the checkpoint)."""
     db = storage[len("sqlite:///"):] if storage and storage.startswith("sqlite:///") else None
-    p = check_new_output(path, overwrite=True, flag="--out", inputs=[db])
+    p = check_new_output(path, overwrite=True, flag="--out", inputs=[db, *inputs])
     if p.exists() and not overwrite:
         try:
             d = yaml.safe_load(p.read_text())

@@ -123,6 +123,19 @@ def _write_png(path, vol: np.ndarray, kind: str) -> str:
     return str(path)
 
 
+def check_even_slices(meta: OutputMeta, n: int, path) -> None:
+    """Refuse a NIfTI output whose n slice positions are not evenly spaced (a --slices selection, a
+    gap in the series): one affine has one slice step, so the middle slices would be misplaced."""
+    if meta.positions is None or len(meta.positions) != n or n < 3:
+        return
+    pos = np.asarray(meta.positions, float)
+    step = (pos[-1] - pos[0]) / (n - 1)
+    if np.abs(np.diff(pos, axis=0) - step).max() > 0.01 * max(float(np.linalg.norm(step)), 1e-6):
+        raise ScoreinvError(f"{path}: the {n} slices are not evenly spaced (a --slices selection or a gap in the "
+                            "series), which one NIfTI affine cannot hold; write .dcm (per-slice positions) or "
+                            "reconstruct contiguous slices")
+
+
 def nifti_affine(meta: OutputMeta, n: int, h: int) -> np.ndarray:
     """The RAS affine (4, 4) of the display volume (S, H, W), voxel (k, r, c) (module docstring)."""
     e_row, e_col, pos, step, dr, dc = _frame(meta, n)
@@ -132,6 +145,7 @@ def nifti_affine(meta: OutputMeta, n: int, h: int) -> np.ndarray:
 
 
 def _write_nifti(path, vol: np.ndarray, meta: OutputMeta, kind: str, ext: str) -> str:
+    check_even_slices(meta, vol.shape[0], path)
     img = orientation.display_to_nifti(meta.values(vol, kind).astype(np.float32),
                                        nifti_affine(meta, vol.shape[0], vol.shape[1]))
     # scanner coordinates when the geometry came from DICOM; a NIfTI input's own code; else aligned

@@ -11,8 +11,8 @@
    is): `<name>_<device>.pt` (the float16 EMA weights, scoreinv.export; ship with
    `cp OUT/ct_cuda.pt src/scoreinv/resources/models/ct64.pt` when it beats the shipped weights),
    `summary.json` (bench numbers; per prior: steps, images, minutes, validation before and after,
-   `beats_init`: lower denoising error and higher reconstruction PSNR than the weights it started
-   from) and `logs.tar.gz` (each run's config.yaml, validation.jsonl and TensorBoard files).
+   `beats_init`: denoising error 1 % lower and reconstruction PSNR 0.05 dB higher than the weights it
+   started from) and `logs.tar.gz` (each run's config.yaml, validation.jsonl and TensorBoard files).
 
 The priors are `NAME=PRESET:INIT` pairs: today ct=ct64:ct64 and mri=mri64:mri64; a patch prior
 is named the same way once its preset and weights exist (e.g. `ctpatch=ctpatch64:ctpatch64`), and
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .. import config as C
-from ..atomic import atomic_path, write_text
+from ..atomic import atomic_path, check_new_output, write_text
 from ..errors import ScoreinvError, check_int, check_range
 from ..export import export
 from ..train import resolve_device, train
@@ -58,18 +58,22 @@ def parse_priors(text: str) -> list[tuple[str, str, str | None]]:
     return out
 
 
+MSE_MARGIN, PSNR_MARGIN = 0.01, 0.05   # beats_init: 1 % lower denoising error and 0.05 dB higher PSNR
+
+
 def _before_after(records: list[dict]) -> dict:
-    """First and last validation record of a run; beats_init: a later step with a lower denoising
-    error and (when measured) a higher reconstruction PSNR than the first, by any margin."""
+    """First and last validation record of a run; beats_init: a later step whose denoising error is
+    at least MSE_MARGIN (relative) lower and, when measured, whose reconstruction PSNR is at least
+    PSNR_MARGIN dB higher than the first's (smaller differences are within the validation's spread)."""
     if not records:
         return {}
     first, last = records[0], records[-1]
     keys = [k for k in ("denoise_mse_mean", "recon_psnr") if k in first and k in last]
     out = {"before": {k: first[k] for k in keys}, "after": {k: last[k] for k in keys},
            "before_step": first["step"], "after_step": last["step"]}
-    beats = last.get("denoise_mse_mean", 0) < first.get("denoise_mse_mean", 0)
+    beats = last.get("denoise_mse_mean", 0) < (1 - MSE_MARGIN) * first.get("denoise_mse_mean", 0)
     if "recon_psnr" in keys:
-        beats = beats and last["recon_psnr"] > first["recon_psnr"]
+        beats = beats and last["recon_psnr"] > first["recon_psnr"] + PSNR_MARGIN
     out["beats_init"] = bool(beats and last["step"] > first["step"])
     return out
 
@@ -82,6 +86,9 @@ def run(out: Path, minutes: float, priors, batch: int | None, bench_seconds: flo
     dev = resolve_device(device)
     check_range("--minutes", minutes, 0.0)
     batch = check_int("--batch", batch) if batch else (128 if dev.type == "cuda" else None)
+    for name, *_ in priors:   # refuse an occupied OUT now, not after the training budget is spent
+        for f in (f"{name}_{dev.type}.pt", "summary.json", "logs.tar.gz"):
+            check_new_output(out / f, overwrite=False, flag="--out")
     summary = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                "torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
                "minutes_per_prior": minutes / len(priors), "priors": {}}

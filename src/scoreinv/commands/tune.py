@@ -9,7 +9,8 @@ from ..data.base import derive_seed
 from ..errors import ScoreinvError, check_choice, check_int
 from ..evaluate import load_images
 from ..metrics import LOWER_IS_BETTER, METRICS
-from ..sampling.settings import SOLVERS, noisy_level, parse_sets
+from ..sampling.settings import REFERENCE_KEYWORD, SOLVERS, noisy_level, parse_sets
+from ..score import resolve_checkpoint
 from ..tasks import build_problem
 from ..tune import base_settings, check_preset_output, search_space, tune
 from .eval import add_task_arguments, data_id, load_model, load_split, task_options_from_args
@@ -97,7 +98,8 @@ def run(args) -> int:
     bounds = parse_bounds(args.bound)
     name = args.study_name or f"{opts.task}-{args.solver}-{opts.slug()}"
     out = args.out or f"{name}.yaml"
-    check_preset_output(out, name, args.overwrite, args.storage)
+    reads = [args.preset] if args.preset not in (None, REFERENCE_KEYWORD) else []
+    check_preset_output(out, name, args.overwrite, args.storage, inputs=reads + [resolve_checkpoint(args.checkpoint)])
     space = search_space(args.solver, opts.task, base.cfg, bounds)
     print(f"tune: searching {', '.join(space)}; the rest fixed: {base.describe()}", flush=True)
     model, fingerprint, size, device = load_model(args, needed=True)

@@ -146,6 +146,16 @@ def sort_frames(frames: list[Frame]) -> list[Frame]:
     else:
         key = [(str(f.path), f.index) for f in frames]
     order = sorted(range(len(frames)), key=lambda i: key[i])
+    if isinstance(key[0], float):   # two frames at one position: a duplicate or a mixed series
+        for a, b in zip(order, order[1:]):
+            if abs(key[b] - key[a]) < 1e-3:
+                raise ScoreinvError(f"{frames[a].path.name} and {frames[b].path.name}: two slices of one series at "
+                                    f"the same position ({key[a]:.3f} mm along the slice normal); expected one "
+                                    "slice per position (remove the duplicate, or split the series)")
+    spacings = {tuple(round(float(v), 4) for v in f.pixel_spacing) for f in frames if f.pixel_spacing is not None}
+    if len(spacings) > 1:
+        raise ScoreinvError(f"{frames[0].path.parent}: one series with several PixelSpacing values "
+                            f"{sorted(spacings)}; expected one pixel size per series")
     return [frames[i] for i in order]
 
 

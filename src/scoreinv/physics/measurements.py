@@ -156,10 +156,10 @@ class Measurements:
             raise ScoreinvError(f"{where}operator {kind!r} needs array(s) {', '.join('op_' + k for k in missing)}")
         try:
             op = build(self.spec, self.arrays)
-        except (KeyError, TypeError) as e:
-            raise ScoreinvError(f"{where}operator {kind!r}: missing or malformed parameter ({e})") from None
         except ScoreinvError as e:
             raise ScoreinvError(f"{where}{e}") from None
+        except (KeyError, TypeError, ValueError) as e:   # e.g. a geometry value that is not a number
+            raise ScoreinvError(f"{where}operator {kind!r}: missing or malformed parameter ({e})") from None
         if tuple(op.image_shape) != tuple(self.image_size):
             raise ScoreinvError(f"{where}operator images are {tuple(op.image_shape)} but image_size is "
                                 f"{tuple(self.image_size)}")
@@ -265,6 +265,9 @@ def check_contents(path, task: str, spec: dict, noise: dict, y: np.ndarray) -> N
     model = noise.get("model", "none")
     if model not in NOISE_MODELS:
         raise ScoreinvError(f"{path}: unknown noise model {model!r}; expected one of {', '.join(NOISE_MODELS)}")
+    if model != "none" and "level" not in noise:
+        raise ScoreinvError(f"{path}: noise model {model!r} without a level; expected a noise record "
+                            "{\"model\": ..., \"level\": number >= 0}")
     level = noise.get("level", 0.0)
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not np.isfinite(level) or level < 0:
         raise ScoreinvError(f"{path}: noise level {level!r}; expected a finite number >= 0")
