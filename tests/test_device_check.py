@@ -12,7 +12,7 @@ import torch
 
 from scoreinv.bench.device_check import _before_after, parse_priors
 from scoreinv.errors import ScoreinvError
-from scoreinv.score import load_score_model
+from scoreinv.score import load_score_model, shipped_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,8 @@ def test_cpu_dry_run_trains_both_priors_and_writes_what_can_be_shipped(tmp_path)
     assert s["bench"]["chosen_images_per_s"] > 0 and "matmul_peak_gflops" in s["bench"]
     for name, preset in (("ct", "ct64"), ("mri", "mri64")):
         p = s["priors"][name]
-        assert p["before_step"] == 1600 < p["after_step"] == p["steps"]  # from the shipped weights, validated
+        shipped = torch.load(shipped_models()[preset], weights_only=False)["step"]
+        assert p["before_step"] == shipped < p["after_step"] == p["steps"]  # from the shipped weights, validated
         assert {"denoise_mse_mean", "recon_psnr"} <= set(p["before"]) and isinstance(p["beats_init"], bool)
         model, cfg = load_score_model(str(out / f"{name}_cpu.pt"))
         assert cfg.preset == preset and torch.load(out / f"{name}_cpu.pt")["step"] == p["steps"]

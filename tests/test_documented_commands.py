@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from scoreinv.cli import build_parser, main
+from scoreinv.score import read_checkpoint, shipped_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,17 +90,21 @@ DATA = [("/data/", "data/")]     # example folders -> stand-ins of the same form
 FEW = " --val-images 1 --steps 3"
 BENCH = "--seconds 0.2 --groups layouts --no-save --batch-size 2"  # bench train: tiny batches, layouts only  # eval: one validation image for the baseline weights, 3 noise levels
 
+SHIPPED = {name: int(read_checkpoint(path)["step"]) for name, path in shipped_models().items()}  # their steps
+
 # In the order a user would run them (outputs of earlier lines are inputs of later ones).
 RUNS: dict[str, Run] = {
     # ---- README ----
     "scoreinv train --config ct64 --workdir runs/ct64": Run(
         [("runs/ct64", "runs/ct64 --max-steps 1" + TRAIN)], [r"step 1\b"], ["runs/ct64/checkpoints-meta/checkpoint.pt"]),
     "scoreinv train --config ct64 --workdir runs/ct64_more --init ct64 --max-steps 20000": Run(
-        [("--max-steps 20000", "--max-steps 1601" + TRAIN)], [r"starting from ct64 at its step 1600", r"step 1601\b"],
+        [("--max-steps 20000", f"--max-steps {SHIPPED['ct64'] + 1}" + TRAIN)],
+        [rf"starting from ct64 at its step {SHIPPED['ct64']}\b", rf"step {SHIPPED['ct64'] + 1}\b"],
         ["runs/ct64_more/checkpoints-meta/checkpoint.pt"]),
     "scoreinv train --config mri64 --workdir runs/ft --init mri64 --data /data/brats --max-minutes 60": Run(
-        DATA + [("--max-minutes 60", "--max-minutes 60 --max-steps 1601 --set train.batch_size=2 --no-progress")],
-        [r"starting from mri64 at its step 1600", r"val"], ["runs/ft/validation.jsonl"]),
+        DATA + [("--max-minutes 60", f"--max-minutes 60 --max-steps {SHIPPED['mri64'] + 1} --set train.batch_size=2 "
+                                     "--no-progress")],
+        [rf"starting from mri64 at its step {SHIPPED['mri64']}\b", r"val"], ["runs/ft/validation.jsonl"]),
     "scoreinv train --config mri64 --workdir runs/mine --data /data/brats --set model.nf=32": Run(
         DATA + [("model.nf=32", "model.nf=32 --max-steps 1" + TRAIN)], [r"step 1\b"]),
     "torchrun --nproc-per-node 2 -m scoreinv.cli train --config ct64 --workdir runs/ddp": Run(
