@@ -80,13 +80,10 @@ def cache_path() -> Path:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")     # Linux names the CPU model here; elsewhere platform's name
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def probe_key(cfg, device: torch.device, batch: int, threads: int | None = None) -> str:
