@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import realdata_factory
 
 from scoreinv.cli import build_parser, main
 from scoreinv.score import read_checkpoint, shipped_models
@@ -83,10 +84,12 @@ class Run:
     replace: list[tuple[str, str]] = field(default_factory=list)  # applied to the line, in order
     expect: list[str] = field(default_factory=list)              # regexes, each must match the output
     files: list[str] = field(default_factory=list)               # written files that must exist after
+    exit: int = 0                                                # expected exit status
 
 
 TRAIN = " --set train.batch_size=2 --set val.every=0 --no-progress"  # appended: a 2-image batch, no validation
 DATA = [("/data/", "data/")]     # example folders -> stand-ins of the same format in the workspace
+FETCH = [("ct-real", "ct-real --from downloads")]  # no network: the registries' archives -> stand-ins (downloads/)
 FEW = " --val-images 1 --steps 3"
 BENCH = "--seconds 0.2 --groups layouts --no-save --batch-size 2"  # bench train: tiny batches, layouts only  # eval: one validation image for the baseline weights, 3 noise levels
 
@@ -112,6 +115,10 @@ RUNS: dict[str, Run] = {
     "scoreinv sample --checkpoint runs/ct64 -n 16 --out grid.png --steps 500": Run(
         [("-n 16", "-n 2"), ("--steps 500", "--steps 2")], [r"wrote grid\.png"], ["grid.png", "grid.npy"]),
     "scoreinv data inspect /data/lidc --size 64": Run(DATA, [r"patient1", r"3 slice"]),
+    "scoreinv data fetch ct-real": Run(FETCH, [r"lung1_image\.nrrd +from .*verified \(SHA-256\)",
+                                              r"^ct-real: 3 file\(s\) written"]),
+    "scoreinv data inspect ct-real --size 256": Run([], [r"^  Cranium  0-49, 70-107 +54-65 +- +50-53, 66-69$",
+                                                         r"^  slices   124 +20 +61 +12$"]),
     "scoreinv simulate --task ct --views 23 --noise 1e5 --input slice.dcm --size 64 --out ct.npz": Run(
         [], [r"wrote ct\.npz: 1 slice\(s\) 64x64"], ["ct.npz"]),
     "scoreinv simulate --task mri --acceleration 8 --mask random --input brain.nii.gz --size 64 --out mri.npz": Run(
@@ -127,6 +134,11 @@ RUNS: dict[str, Run] = {
     "scoreinv eval --checkpoint mri64 --task mri --acceleration 8 --mask random --data brain --split test "
     "--solvers zero_filled,cs_tv,projection,dds --num-images 16 --out runs/eval_mri8": Run(
         [("--num-images 16", "--num-images 1" + FEW)], [r"cs_tv", r"dds"], ["runs/eval_mri8/summary.json"]),
+    # the real-CT patch prior on the stand-in scans (fetched above); 2 spread slices at 128x128, 3 levels
+    "scoreinv eval --checkpoint ct256 --task ct --views 10 --data ct-real --split test --pick spread "
+    "--solvers fbp,tv,diffpir --num-images 16 --out runs/eval_lung2": Run(
+        [("--num-images 16", "--num-images 2 --image-size 128" + FEW)], [r"diffpir +sample", r"PSNR, HU window"],
+        ["runs/eval_lung2/summary.json"]),
     "scoreinv tune --checkpoint ct64 --task ct --views 23 --data phantoms --solver projection --trials 100 "
     "--steps 50 --bound snr=0,1.2 --storage sqlite:///study.db --out ct23.yaml": Run(
         [("--trials 100", "--trials 2 --num-images 1 --startup-trials 1"), ("--steps 50", "--steps 2")],
@@ -136,6 +148,8 @@ RUNS: dict[str, Run] = {
                            r"^fp_rel_err_vs_skimage: ", r"^# bench sampler", r"^ct_overhead_fraction: "]),
     "scoreinv bench train --seconds 3": Run([("--seconds 3", BENCH)], [r"^# bench train", r"^fp32_images_per_s: ",
                                                                        r"^chosen: "]),
+    # deepinv lives in its own environment (make bench-peers); here the line must say so and exit 2
+    "scoreinv bench peers --images 2 --nfe 50 --settings mri": Run([], [r"make bench-peers"], exit=2),
     "scoreinv bench physics --size 128": Run([("--size 128", "--size 32")], [r"^# bench physics", r"^fbp_psnr: "]),
     "scoreinv bench sampler --checkpoint ct64 --steps 10": Run([("--steps 10", "--steps 2 --batch-size 1")],
                                                                 [r"^# bench sampler", r"^mri_overhead_fraction: "]),
@@ -152,6 +166,9 @@ RUNS: dict[str, Run] = {
     "scoreinv data inspect /data/brats --axis 0 --normalize minmax": Run(DATA, [r"sub0", r"sub2"]),
     "scoreinv data inspect scan.nii.gz --values": Run([], [r"scan\.nii\.gz"]),
     "scoreinv data inspect phantoms --size 64 --preview phantoms.png": Run([], [r"phantoms"], ["phantoms.png"]),
+    "scoreinv data fetch mri-real": Run([("mri-real", "mri-real --from downloads")],
+                                        [r"^mri-real: 2 file\(s\) written"]),
+    "scoreinv data fetch all --from downloads": Run([], [r"^all: all 5 file\(s\) already in .*nothing fetched"]),
     "scoreinv simulate --task mri --acceleration 8 --mask equispaced --noise 0.01 --input brain.nii.gz --size 64 "
     "--out brain8x.npz": Run([], [r"wrote brain8x\.npz"], ["brain8x.npz"]),
     "scoreinv simulate --task mar --input slice.png --size 256 --out slice_mar.npz": Run(
@@ -229,7 +246,7 @@ def _run_line(line: str, run: Run, root: Path) -> str:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main(argv[1:])
-    assert rc == 0, f"{line}: exit {rc}\n{err.getvalue()[-3000:]}"
+    assert rc == run.exit, f"{line}: exit {rc}, expected {run.exit}\n{err.getvalue()[-3000:]}"
     return out.getvalue() + err.getvalue()
 
 
@@ -238,6 +255,12 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("documented")
     make_inputs(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def registry_files(workspace):
+    """downloads/: stand-ins of the pyradiomics sdist and the invesalius-examples .deb (`data fetch`)."""
+    return realdata_factory.make_downloads(workspace / "downloads")
 
 
 def test_every_documented_line_has_a_run():
@@ -249,8 +272,9 @@ def test_every_documented_line_has_a_run():
 
 
 @pytest.mark.parametrize("line", list(RUNS), ids=[ln[:70] for ln in RUNS])
-def test_documented_line_runs(line, workspace, monkeypatch):
+def test_documented_line_runs(line, workspace, registry_files, monkeypatch):
     monkeypatch.chdir(workspace)
+    realdata_factory.use_standins(monkeypatch, registry_files, workspace / "scoreinv-data")  # never the user's cache
     run = RUNS[line]
     output = _run_line(line, run, workspace)
     for pattern in run.expect:

@@ -1,4 +1,6 @@
 """Metrics against scikit-image, the paper's region / histogram / MAR variants, registry, summaries."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,23 @@ def test_summarise_and_records():
     assert recs[2]["ssim"] == pytest.approx(float(M.ssim(x, ref)[2]))
     with pytest.raises(ScoreinvError, match="ids"):
         M.per_image_records(["psnr"], x, ref, ids=["a"])
+
+
+def test_hu_window_metrics_use_2000_hu_data_range():
+    """An error of 20 HU everywhere inside the window is PSNR 20 log10(2000 / 20) = 40 dB; HU outside
+    the window are clipped (a 500 HU error above +1000 HU costs nothing)."""
+    from scoreinv.metrics import HU_WINDOW_MAX, compute_metrics, psnr_hu, ssim_hu
+    from scoreinv.physics.mar_spectra import HU_MAX, HU_MIN
+
+    def scale(hu):
+        return (torch.as_tensor(hu, dtype=torch.float64) - HU_MIN) / (HU_MAX - HU_MIN)
+
+    ref_hu = torch.linspace(-900, 900, 32 * 32, dtype=torch.float64).reshape(1, 1, 32, 32)
+    got = psnr_hu(scale(ref_hu + 20), scale(ref_hu))
+    assert abs(float(got[0]) - 40.0) < 1e-6
+    bone = torch.full((1, 1, 32, 32), HU_WINDOW_MAX + 300.0, dtype=torch.float64)
+    assert torch.isinf(psnr_hu(scale(bone + 500), scale(bone))).all()
+    # the same error on the [0, 1] scale (data range 4224 HU) reads 20 log10(4224 / 2000) dB higher
+    plain = compute_metrics(["psnr"], scale(ref_hu + 20), scale(ref_hu))["psnr"]
+    assert abs(float(plain[0]) - float(got[0]) - 20 * math.log10((HU_MAX - HU_MIN) / 2000)) < 1e-6
+    assert float(ssim_hu(scale(ref_hu), scale(ref_hu))[0]) == pytest.approx(1.0)

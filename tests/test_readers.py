@@ -1,4 +1,4 @@
-"""File readers: DICOM series, NIfTI, fastMRI HDF5, PNG, NumPy; damaged files raise clearly."""
+"""File readers: DICOM series, NIfTI, NRRD, fastMRI HDF5, PNG, NumPy; damaged files raise clearly."""
 import numpy as np
 import pytest
 
@@ -141,6 +141,81 @@ def test_nifti_truncated_and_4d_raise(tmp_path):
     with pytest.raises(ScoreinvError, match="3-D"):
         read_volume(tmp_path / "f.nii")
 
+
+
+# --- NRRD ----------------------------------------------------------------------------------
+# the anatomy in the display layout: V[k, r, c] lies at LPS (0.5 c, 0.7 r, 2 k) mm (column -> patient
+# left, row -> posterior, slice -> superior); every value differs, so any flip or transpose shows
+NV = (np.arange(3 * 5 * 4).reshape(3, 5, 4) * 7 % 61 + 100).astype(np.int16)
+NSTEP = (2.0, 0.7, 0.5)                                  # (slice, row, column) mm
+
+
+def write_nrrd(path, data, header):
+    import nrrd
+
+    nrrd.write(str(path), np.ascontiguousarray(data), {"encoding": "gzip", **header}, index_order="F")
+    return path
+
+
+def nrrd_stores(tmp_path):
+    """NV stored as NRRD in several layouts and spaces (each file's axis i = array axis i)."""
+    d, h, w = NV.shape
+    k, r, c = NSTEP
+    xyz = NV.transpose(2, 1, 0)                           # (c, r, k) in LPS
+    yield "lps", write_nrrd(tmp_path / "lps.nrrd", xyz, {
+        "space": "left-posterior-superior", "space directions": np.diag([c, r, k]), "space origin": np.zeros(3)})
+    yield "ras", write_nrrd(tmp_path / "ras.nrrd", xyz[::-1, ::-1, :], {   # RAS x = -LPS x: columns reversed
+        "space": "RAS", "space directions": np.diag([c, r, k]),
+        "space origin": np.array([-(w - 1) * c, -(h - 1) * r, 0.0])})
+    yield "las, rows stored anterior-first", write_nrrd(tmp_path / "las.nrrd", xyz[:, ::-1, :], {  # LAS y = -LPS y
+        "space": "left-anterior-superior", "space directions": np.diag([c, r, k]),
+        "space origin": np.array([0.0, -(h - 1) * r, 0.0])})
+    yield "lps, negative row step", write_nrrd(tmp_path / "neg.nrrd", xyz[:, ::-1, :], {    # as pyradiomics' brains
+        "space": "left-posterior-superior", "space directions": np.diag([c, -r, k]),
+        "space origin": np.array([0.0, (h - 1) * r, 0.0])})
+    yield "slices fastest", write_nrrd(tmp_path / "krc.nhdr", NV, {     # detached header + data
+        "space": "LPS", "space directions": np.array([[0, 0, k], [0, r, 0], [c, 0, 0]]),
+        "space origin": np.zeros(3), "kinds": ["domain"] * 3})
+
+
+def test_nrrd_orientation_against_a_known_layout(tmp_path):
+    want_affine = np.array([[0, 0, -NSTEP[2], 0], [0, -NSTEP[1], 0, 0], [NSTEP[0], 0, 0, 0], [0, 0, 0, 1]])
+    for name, path in nrrd_stores(tmp_path):
+        vol = read_volume(path)
+        np.testing.assert_array_equal(vol.data, NV, err_msg=name)
+        np.testing.assert_allclose(vol.meta["affine"], want_affine, atol=1e-9, err_msg=name)
+        assert vol.meta["spacing"] == pytest.approx(NSTEP), name
+        assert vol.meta["kind"] == "nrrd" and not vol.meta["hu"], name
+    # no patient space: the stored layout, axis 3 -> slices, axis 2 -> rows, axis 1 -> columns
+    write_nrrd(tmp_path / "plain.nrrd", NV.transpose(2, 1, 0)[:, ::-1], {"spacings": [0.5, 0.7, 2.0]})
+    vol = read_volume(tmp_path / "plain.nrrd")
+    np.testing.assert_array_equal(vol.data, NV[:, ::-1])
+    assert vol.meta["affine"] is None and vol.meta["spacing"] == pytest.approx(NSTEP)
+    # one slice with a space: shown as the viewer shows an axial slice
+    write_nrrd(tmp_path / "one.nrrd", NV[1].T, {"space": "LPS", "space directions": np.diag([0.5, 0.7, 1.0])[:2],
+                                                 "space origin": np.zeros(3)})
+    np.testing.assert_array_equal(read_volume(tmp_path / "one.nrrd").data, NV[1:2])
+
+
+def test_nrrd_in_folder_datasets_and_bad_files(tmp_path):
+    from scoreinv.data import build_dataset
+
+    (tmp_path / "p1").mkdir()
+    write_nrrd(tmp_path / "p1" / "v.nrrd", NV.transpose(2, 1, 0), {
+        "space": "LPS", "space directions": np.diag([0.5, 0.5, 2.0]), "space origin": np.zeros(3)})
+    ds = build_dataset(tmp_path / "p1", "all", 8, normalize="minmax")
+    assert len(ds) == 3 and ds.describe()["volumes"][0]["kind"] == "nrrd"
+    write_nrrd(tmp_path / "rgb.nrrd", np.zeros((3, 4, 5), np.uint8) + np.arange(3)[:, None, None],
+               {"kinds": ["RGB-color", "domain", "domain"]})
+    with pytest.raises(ScoreinvError, match=r"rgb\.nrrd: NRRD image of sizes \[3, 4, 5\].*scalar"):
+        read_volume(tmp_path / "rgb.nrrd")
+    write_nrrd(tmp_path / "cut.nrrd", np.random.default_rng(0).integers(0, 999, (20, 20, 20)).astype(np.int16), {})
+    truncate(tmp_path / "cut.nrrd", 0.6)
+    with pytest.raises(ScoreinvError, match=r"cut\.nrrd: cannot read NRRD data"):
+        read_volume(tmp_path / "cut.nrrd")
+    (tmp_path / "junk.nrrd").write_text("not a nrrd")
+    with pytest.raises(ScoreinvError, match=r"junk\.nrrd: cannot read NRRD header"):
+        read_volume(tmp_path / "junk.nrrd")
 
 # --- HDF5 ----------------------------------------------------------------------------------
 def test_hdf5_reconstruction_and_kspace(tmp_path):

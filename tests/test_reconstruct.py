@@ -226,7 +226,7 @@ def test_bad_inputs_fail_before_sampling(model, mri_meas, tmp_path, capsys, no_s
     (tmp_path / "other.yaml").write_text("solver: projection\ntask: ct\nparams: {snr: 0.2}\n")
     good = ["--checkpoint", model, "--measurements", str(mri_meas), "--solver", "projection"]
     cases = [
-        (["--measurements", str(big)], "24x24 images, but checkpoint"),
+        (["--measurements", str(big)], "are 24x24, but the model (ct64) is a whole-image network"),
         (["--solver", "nope"], "unknown --solver 'nope'"),
         (["--set", "solver.lam=1.5"], "--set solver.lam = 1.5 is outside its valid range [0, 1]"),
         (["--set", "solver.snr=-0.1"], "--set solver.snr = -0.1 is outside"),
@@ -471,3 +471,40 @@ def test_single_slice_nifti_keeps_its_slice_axis(model, tmp_path):
     with pytest.raises(ScoreinvError, match="zero-length"):
         source_record.describe_source(str(tmp_path / "bad.nii.gz"), np.ones((1, 16, 16)), False, "auto", None,
                                       False)
+
+
+def test_noise_level_and_warm_start_come_from_the_file(model, tmp_path, monkeypatch, capsys):
+    """ddrm reads σ_y from the file's noise record (per slice, the selected ones), a warm start gets the
+    classical reconstruction of the file's data; ddrm on a CT sinogram (radon) is refused before sampling."""
+    from pydicom.data import get_testdata_file
+
+    from scoreinv.physics.measurements import load_measurements
+    from scoreinv.sampling.inputs import classical
+    meas = tmp_path / "noisy.npz"
+    assert main(["simulate", "--task", "mri", "--acceleration", "4", "--size", "16", "--noise", "0.05",
+                 "--input", get_testdata_file("MR_small.dcm"), "--out", str(meas)]) == 0
+    seen = {}
+    real = solvers.posterior
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+    monkeypatch.setattr(solvers, "posterior", spy)
+    assert recon(model, meas, tmp_path / "r.npy", "--solver", "ddrm", "--set", "solver.warm_start=classical",
+                 "--set", "solver.warm_sigma=3") == 0
+    m = load_measurements(meas)
+    assert seen["sigma_y"].tolist() == pytest.approx(m.noise["sigma"])
+    assert torch.allclose(seen["x_init"], classical(m.operator(), m.y), atol=1e-6)
+    assert "estimate: sample" in capsys.readouterr().out
+    assert recon(model, meas, tmp_path / "s.npy", "--solver", "diffpir", "--set", "solver.sigma_end=0.3",
+                 "--samples", "2") == 0
+    assert "estimate: mean-of-2 tweedie@0.3" in capsys.readouterr().out
+
+
+def test_ddrm_on_a_ct_sinogram_is_refused_before_sampling(model, ct_series, tmp_path, capsys, no_sampling):
+    meas, _ = ct_series
+    assert recon(model, meas, tmp_path / "r.npy", "--solver", "ddrm", "--ct-operator", "radon") == 2
+    assert "solver ddrm needs an operator with the A = P(Λ)T decomposition" in capsys.readouterr().err
+    assert recon(model, meas, tmp_path / "r.npy", "--solver", "dds", "--set", "solver.warm_start=classical",
+                 "--set", "solver.warm_sigma=50") == 2
+    assert "warm_sigma = 50" in capsys.readouterr().err

@@ -56,6 +56,8 @@ class ModelConfig:
     fourier_scale: float = 16.0
     init_scale: float = 0.0
     num_channels: int = 1
+    patch_size: int = 0              # > 0: a patch prior on P x P patches with position channels (nets/patch.py)
+    max_patches: int = 64            # patch prior: patches per network call at sampling time (memory bound)
 
 
 @dataclass
@@ -211,7 +213,13 @@ def validate(cfg) -> None:
         if value not in choices:
             raise ScoreinvError(f"{name} = {value!r}; expected one of {list(choices)}")
     size = cfg.data.image_size
-    if size % (2 ** (len(m.ch_mult) - 1)):
+    check_int("model.patch_size", m.patch_size, lo=0)
+    check_int("model.max_patches", m.max_patches)
+    if m.patch_size:
+        if m.patch_size % 8 or m.patch_size % (2 ** (len(m.ch_mult) - 1)):
+            raise ScoreinvError(f"model.patch_size = {m.patch_size} must be a multiple of 8 and of "
+                                f"2^(len(model.ch_mult)-1) = {2 ** (len(m.ch_mult) - 1)}")
+    elif size % (2 ** (len(m.ch_mult) - 1)):
         raise ScoreinvError(f"data.image_size = {size} is not divisible by 2^(len(model.ch_mult)-1) = {2 ** (len(m.ch_mult) - 1)}")
     for name, v in [("train.batch_size", t.batch_size), ("train.max_steps", t.max_steps), ("model.nf", m.nf),
                     ("data.image_size", size), ("model.num_scales", m.num_scales)]:
@@ -264,7 +272,8 @@ def architecture_signature(cfg) -> dict:
     """The config entries that fix the network's shape: a checkpoint fits only a matching one."""
     m = to_dict(cfg.model)
     keys = [f.name for f in dataclasses.fields(ModelConfig)
-            if f.name not in ("sigma_min", "sigma_max", "beta_min", "beta_max", "eps", "num_scales", "sigma_data", "dropout")]
+            if f.name not in ("sigma_min", "sigma_max", "beta_min", "beta_max", "eps", "num_scales", "sigma_data", "dropout",
+                          "max_patches")]
     sig = {k: m[k] for k in keys}
     sig["image_size"] = cfg.data.image_size
     return sig

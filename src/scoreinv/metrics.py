@@ -11,7 +11,13 @@ the input's device). Variants:
   pixels (the pixels outside the disc contribute zero error);
 - region + histogram normalisation (`psnr_hist`, `ssim_hist`): `hist_normalise_pair` first,
   then the circle region (the reference's order);
-- MAR (`psnr_mar`, `ssim_mar`): metal pixels set to zero in both images before the metric.
+- MAR (`psnr_mar`, `ssim_mar`): metal pixels set to zero in both images before the metric;
+- CT in a fixed HU window (`psnr_hu`, `ssim_hu`, and `psnr_mar_hu`, `ssim_mar_hu`): the [0, 1]
+  network scale is mapped back to HU (HU_MIN + x (HU_MAX − HU_MIN), the reference's
+  [−1024, 3200] HU), clipped to the window [HU_WINDOW_MIN, HU_WINDOW_MAX] = [−1000, 1000] HU and
+  rescaled to [0, 1], i.e. PSNR/SSIM with a data range of 2000 HU (docs/design.md §4.1). Numbers
+  on the [0, 1] scale and in this window differ by about 20 log10(4224 / 2000) ≈ 6.5 dB for the
+  same error inside the window, so both are reported, under their own names.
 
 SSIM is the Gaussian-window SSIM of Wang et al. (2004) with the settings of
 `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
@@ -30,6 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ScoreinvError, check_choice, check_images
+from .physics.mar_spectra import HU_MAX, HU_MIN
+
+HU_WINDOW_MIN, HU_WINDOW_MAX = -1000.0, 1000.0   # the fixed HU window of psnr_hu/ssim_hu (data range 2000 HU)
 
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5           # int(3.5 * 1.5 + 0.5): scikit-image's truncate = 3.5
@@ -233,14 +242,48 @@ def ssim_mar(x: torch.Tensor, ref: torch.Tensor, metal_mask=None) -> torch.Tenso
     return _ssim(*_zero_metal(x, ref, metal_mask))
 
 
+def hu_window(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] network scale -> HU -> clipped to [HU_WINDOW_MIN, HU_WINDOW_MAX] -> [0, 1]."""
+    hu = HU_MIN + x * (HU_MAX - HU_MIN)
+    return ((hu - HU_WINDOW_MIN) / (HU_WINDOW_MAX - HU_WINDOW_MIN)).clamp(0, 1)
+
+
+def _hu_pair(x, ref):
+    x, ref = (check_images(n, t, channels=None) for n, t in (("reconstruction", x), ("reference", ref)))
+    return hu_window(x.to(torch.float64)), hu_window(ref.to(torch.float64))
+
+
+def psnr_hu(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """PSNR in the HU window [−1000, 1000] (data range 2000 HU) of CT images on the [0, 1] scale."""
+    return psnr(*_hu_pair(x, ref))
+
+
+def ssim_hu(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """SSIM in the HU window [−1000, 1000] (data range 2000 HU) of CT images on the [0, 1] scale."""
+    return ssim(*_hu_pair(x, ref))
+
+
+def psnr_mar_hu(x: torch.Tensor, ref: torch.Tensor, metal_mask=None) -> torch.Tensor:
+    """`psnr_hu` with metal pixels excluded (set to the window's floor in both images)."""
+    x, ref = _hu_pair(x, ref)
+    return psnr(*_zero_metal(x, ref, metal_mask))
+
+
+def ssim_mar_hu(x: torch.Tensor, ref: torch.Tensor, metal_mask=None) -> torch.Tensor:
+    """`ssim_hu` with metal pixels excluded (set to the window's floor in both images)."""
+    x, ref = _hu_pair(x, ref)
+    return ssim(*_zero_metal(x, ref, metal_mask))
+
+
 # --- registry and summaries ---------------------------------------------------------------
 METRICS: dict[str, Callable[..., torch.Tensor]] = {
     "psnr": psnr, "ssim": ssim, "nmse": nmse,
     "psnr_circle": psnr_circle, "ssim_circle": ssim_circle,
     "psnr_hist": psnr_hist, "ssim_hist": ssim_hist,
     "psnr_mar": psnr_mar, "ssim_mar": ssim_mar,
+    "psnr_hu": psnr_hu, "ssim_hu": ssim_hu, "psnr_mar_hu": psnr_mar_hu, "ssim_mar_hu": ssim_mar_hu,
 }
-NEEDS_METAL_MASK = frozenset({"psnr_mar", "ssim_mar"})
+NEEDS_METAL_MASK = frozenset({"psnr_mar", "ssim_mar", "psnr_mar_hu", "ssim_mar_hu"})
 LOWER_IS_BETTER = frozenset({"nmse"})
 
 

@@ -17,6 +17,12 @@ output equal to the measurement file always (`atomic.check_new_output`).
 CT sinograms (ParallelBeamCT) are solved either on the sinogram (`ct_operator="radon"`,
 projection by CG) or on its Fourier-slice conversion (`"fourier"`, exact A = P(Λ)T; the
 conversion is `fourier_from_parallel`); the default is `tasks.DEFAULT_CT_OPERATOR`.
+
+The solvers get the measurement noise level from the file's noise record (`sampling.inputs.
+measurement_sigma`; ddrm and diffpir use it) and, when they warm-start, the classical
+reconstruction of the file's own data (`sampling.inputs.classical`: FBP of a CT sinogram, LI for
+MAR, the zero-filled image of the completed k-space for MRI). What the output is (one sample,
+the mean of K, a Tweedie estimate at σ_end) is named by `settings.estimate_name` (docs/design.md §2.11).
 """
 from __future__ import annotations
 
@@ -39,9 +45,10 @@ from .physics.fourier_slice import fourier_from_parallel
 from .physics.measurements import PER_SLICE_ARRAYS, Measurements, load_measurements
 from .runinfo import environment
 from .sampling import solvers
+from .sampling.inputs import classical, measurement_sigma
 from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, Preset, Resolved, check_applies, check_targets,
-                                noisy_record, open_preset, resolve, shipped_model)
-from .score import load_score_model, resolve_checkpoint
+                                estimate_name, noisy_record, open_preset, resolve, shipped_model)
+from .score import check_model_size, load_score_model, resolve_checkpoint
 from .source_record import meta_from_source
 from .tasks import CT_OPERATORS, DEFAULT_CT_OPERATOR, repeat_operator, slice_operator
 from .train import resolve_device
@@ -176,10 +183,8 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     settings = solver_settings(meas.task, solver, preset, steps, sets, noisy_record(meas.task, meas.noise), checkpoint)
     dev = resolve_device(device)
     model, model_cfg = load_score_model(checkpoint, device=dev)
-    s = int(model_cfg.data.image_size)
-    if tuple(meas.image_size) != (s, s):
-        raise ScoreinvError(f"{measurements}: the operator ({op.name}) is for {meas.image_size[0]}x"
-                            f"{meas.image_size[1]} images, but checkpoint {checkpoint!r} models {s}x{s} images")
+    check_model_size(model_cfg, *meas.image_size,
+                     what=f"{measurements}: the images of the operator ({op.name}) for checkpoint {checkpoint!r}")
     if ct_operator is not None:
         check_choice("--ct-operator", ct_operator, CT_OPERATORS)
         if meas.task != "ct" or not isinstance(op, ParallelBeamCT):
@@ -192,6 +197,7 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     solve_op = op
     if ct_operator == "fourier":
         solve_op, y = fourier_from_parallel(op, y)
+    solvers.check_run(settings.cfg, solve_op, model.sde)
     return Plan(meas, full.source, idx, op, solve_op, y, settings.cfg, settings, model, model_cfg, str(out),
                 int(samples), int(batch_size), int(seed), dev, ct_operator)
 
@@ -202,6 +208,7 @@ class Result:
     mean: torch.Tensor                 # (S, 1, H, W) on the CPU, image scale
     std: torch.Tensor | None           # (S, 1, H, W) with samples > 1
     nfe: int                           # network evaluations per slice (all samples)
+    estimate: str                      # what the output is (settings.estimate_name)
     seconds: float
     residual: torch.Tensor             # (S,) ‖A x − y‖ / ‖y‖ of the mean, the file's operator and y
     metrics: dict = field(default_factory=dict)   # name -> (S,) against the file's ground truth
@@ -223,8 +230,11 @@ def run(p: Plan, progress: bool = True) -> Result:
     bar = tqdm(total=n, desc="reconstruct", unit="slice", disable=not progress)
     for i0 in range(0, n, per):
         i1 = min(n, i0 + per)
-        sop = repeat_operator(slice_operator(p.solve_op, slice(i0, i1)), p.samples)
-        out = solvers.posterior(p.model, sop, p.y[i0:i1], p.cfg, samples=p.samples, generator=g, progress=progress)
+        sl = slice(i0, i1)
+        inputs = solver_inputs(p, sl)
+        sop = repeat_operator(slice_operator(p.solve_op, sl), p.samples)
+        out = solvers.posterior(p.model, sop, p.y[i0:i1], p.cfg, samples=p.samples, generator=g, progress=progress,
+                                **inputs)
         means.append(out["mean"].float().cpu())
         stds.append(out["std"].float().cpu())
         res.append(_relative_residual(slice_operator(p.op, slice(i0, i1)), out["mean"], p.meas.y[i0:i1].to(p.device)))
@@ -238,9 +248,20 @@ def run(p: Plan, progress: bool = True) -> Result:
         if t is not None and not bool(torch.isfinite(t).all()):
             raise ScoreinvError(f"the {name} holds NaN or Inf (solver {p.cfg.name}); nothing written. Try fewer "
                                 "corrector steps, a smaller snr, or another checkpoint")
-    result = Result(mean, std, nfe, seconds, torch.cat(res), metrics(p, mean))
+    result = Result(mean, std, nfe, estimate_name(p.cfg, p.samples), seconds, torch.cat(res), metrics(p, mean))
     result.files = write(p, result)
     return result
+
+
+def solver_inputs(p: Plan, sl: slice) -> dict:
+    """The noise level (from the file's record) and, for a warm start, the classical reconstruction
+    of the selected slices `sl` (module docstring)."""
+    fop = slice_operator(p.op, sl)
+    fy = p.meas.y[sl].to(p.device)
+    sig = measurement_sigma(p.meas.noise, p.meas.task, slice_operator(p.solve_op, sl), fop, fy,
+                            index=p.slices[sl])
+    x_init = classical(fop, fy, p.cfg.cg_iters) if p.cfg.warm_start == "classical" else None
+    return {"sigma_y": sig, "x_init": x_init}
 
 
 def metrics(p: Plan, mean: torch.Tensor) -> dict:
@@ -256,7 +277,7 @@ def metrics(p: Plan, mean: torch.Tensor) -> dict:
 def write(p: Plan, r: Result) -> list[str]:
     """Write the mean (and the std map beside it) in the output's format; returns what was written."""
     g = p.meas.spec.get("geometry") or {}
-    desc = f"scoreinv {p.cfg.name}" + (f", mean of {p.samples}" if p.samples > 1 else "")
+    desc = f"scoreinv {p.cfg.name}, {r.estimate}"
     meta = meta_from_source(p.source, p.meas.task, len(p.meas), p.slices,
                                     pixel_size=g.get("pixel_size"), description=desc)
     files = writers.write_volume(p.out, r.mean[:, 0].numpy(), meta, kind="image")
@@ -275,7 +296,7 @@ def summary(p: Plan, r: Result) -> dict:
     d = {"measurements": p.meas.path, "slices": p.slices, "task": p.meas.task, "operator": p.solve_op.name,
          "ct_operator": p.ct_operator, "solver": dataclasses.asdict(p.cfg), "samples": p.samples,
          "settings_origin": p.settings.origin, "seed": p.seed, "device": str(p.device),
-         "environment": environment(p.device), "nfe_per_slice": r.nfe, "seconds": r.seconds,
+         "environment": environment(p.device), "estimate": r.estimate, "nfe_per_slice": r.nfe, "seconds": r.seconds,
          "residual": r.residual.tolist(), "files": r.files}
     d["metrics"] = {k: [float(x) for x in v] for k, v in r.metrics.items()}
     return d

@@ -38,7 +38,19 @@ class ScoreModel(nn.Module):
         s = self.score(x, t)
         return (x + (beta.reshape(-1, 1, 1, 1).to(x.dtype) ** 2) * s) / a
 
-    def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def patch_size(self) -> int:
+        """P of a patch prior (nets/patch.py: any image size, tiled at a random offset), else 0."""
+        return int(getattr(self.net, "patch_size", 0))
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random tiling offsets of a patch prior (no-op for whole-image networks)."""
+        if self.patch_size:
+            self.net.reseed(seed)
+
+    def score(self, x: torch.Tensor, t: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The score at (x, t). `pos` (training a patch prior only): the position channels of the
+        patches x (nets/patch.py); without it a patch prior tiles whole images."""
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -47,7 +59,7 @@ class ScoreModel(nn.Module):
         log_sigma = torch.log(sigma).float()
         xf = x.float()
         if self.preconditioning == "paper":
-            out = self.net(xf, log_sigma).float()
+            out = (self.net(xf, log_sigma) if pos is None else self.net(xf, log_sigma, pos)).float()
             return out / beta.float().reshape(-1, 1, 1, 1)
         sd2 = self.sigma_data ** 2
         s2 = sigma ** 2
@@ -56,7 +68,7 @@ class ScoreModel(nn.Module):
         c_out = (sigma * self.sigma_data / torch.sqrt(s2 + sd2)).float().reshape(-1, 1, 1, 1)
         a = alpha.float().reshape(-1, 1, 1, 1)
         y = xf / a
-        F = self.net(c_in * y, log_sigma).float()
+        F = (self.net(c_in * y, log_sigma) if pos is None else self.net(c_in * y, log_sigma, pos)).float()
         D = c_skip * y + c_out * F
         return (D - y) / (a * sigma.float().reshape(-1, 1, 1, 1) ** 2)
 
@@ -147,18 +159,39 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+PATCH_SCALE_RANGE = 2.0   # a patch prior serves images from 1/2 to 2x its training size (docs/design.md §2.12)
+
+
+def check_model_size(cfg, h: int, w: int | None = None, what: str = "the images") -> None:
+    """Raise unless a model of config `cfg` can reconstruct h x w images: a whole-image network
+    only its own S x S; a patch prior any size within a factor PATCH_SCALE_RANGE of its training
+    size (its windows see a fixed number of pixels and its positions are relative to the image,
+    so the anatomy must appear at about the training pixel scale)."""
+    s, w = int(cfg.data.image_size), int(h if w is None else w)
+    h = int(h)
+    if not cfg.model.patch_size:
+        if (h, w) != (s, s):
+            raise ScoreinvError(f"{what} are {h}x{w}, but the model ({cfg.preset}) is a whole-image network for "
+                                f"{s}x{s} images")
+        return
+    lo, hi = s / PATCH_SCALE_RANGE, s * PATCH_SCALE_RANGE
+    if not (lo <= h <= hi and lo <= w <= hi):
+        raise ScoreinvError(f"{what} are {h}x{w}; the patch prior ({cfg.preset}, {cfg.model.patch_size}x"
+                            f"{cfg.model.patch_size} windows) was trained on {s}x{s} slices and serves sizes "
+                            f"{lo:g} to {hi:g}: resample the images to about {s}x{s}")
+
+
 def load_score_model(spec: str, device="cpu", use_ema: bool = True, image_size: int | None = None):
     """Load (model in eval mode with EMA weights, config) from a path, work dir or shipped name.
 
     Raises if the checkpoint lacks EMA weights (when `use_ema`) or if `image_size` is given and
-    differs from the checkpoint's.
+    the model cannot serve it (check_model_size).
     """
     path = resolve_checkpoint(spec)
     ckpt = read_checkpoint(path)
     cfg = C.from_dict(ckpt["config"])
-    if image_size is not None and int(image_size) != cfg.data.image_size:
-        raise ScoreinvError(f"checkpoint {str(path)!r} models {cfg.data.image_size}x{cfg.data.image_size} images; "
-                            f"the measurements are for {image_size}x{image_size}")
+    if image_size is not None:
+        check_model_size(cfg, image_size, what=f"the images for checkpoint {str(path)!r}")
     model = build_model(cfg)
     key = "ema" if use_ema else "model"
     if key not in ckpt:

@@ -5,6 +5,8 @@ expected improvement; the first `startup_trials` points are uniform random):
 - projection solvers (projection, langevin_projection): (snr, λ); λ ∈ [0, 1];
 - likelihood solvers (baseline, langevin): (snr, r), r ∈ [0.1, 20] on a log scale;
 - dds: (λ, eta), eta ∈ [0, 1]; dps: zeta ∈ [0.01, 10] (log);
+- ddrm: (eta, eta_b) ∈ [0, 1]²; diffpir: hqs_lambda ∈ [0.1, 100] (log), hqs_zeta ∈ [0, 1];
+- with a warm start (warm_start: classical among the fixed settings), also warm_sigma ∈ [0.2, 10] (log);
 with snr ∈ [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI. snr is not searched when the solver
 runs no corrector (the MAR projection preset is predictor-only). The objective is the mean of a
 metric (SSIM by default) over validation images, with the same random seeds in every trial
@@ -45,8 +47,9 @@ from .errors import Diverged, ScoreinvError, check_choice, check_int
 from .metrics import LOWER_IS_BETTER, METRICS, NEEDS_METAL_MASK, get_metric
 from .runinfo import config_diff
 from .sampling.settings import (SOLVERS, TASKS, USES, Preset, Resolved, SolverConfig, check_applies, check_param,
-                                check_targets, open_preset, resolve, shipped_model, validate, write_preset)
-from .sampling.solvers import solve
+                                check_targets, open_preset, record, resolve, shipped_model, validate, write_preset)
+from .sampling.inputs import problem_inputs
+from .sampling.solvers import check_run, sigma_of, solve
 from .tasks import Problem, slice_operator
 
 SNR_BOUNDS = {"ct": (0.0, 0.4), "mar": (0.0, 0.4), "mri": (0.2, 0.8)}
@@ -82,6 +85,11 @@ def search_space(solver: str, task: str, base: SolverConfig,
     return space
 
 
+def warm_space(base: SolverConfig) -> dict:
+    """warm_sigma's range when the fixed settings warm-start, else nothing."""
+    return {"warm_sigma": (0.2, 10.0, True)} if base.warm_start != "none" else {}
+
+
 def _default_space(solver: str, task: str, base: SolverConfig) -> dict[str, tuple[float, float, bool]]:
     check_choice("solver", solver, SOLVERS)
     check_choice("task", task, TASKS)
@@ -89,12 +97,17 @@ def _default_space(solver: str, task: str, base: SolverConfig) -> dict[str, tupl
     if solver == "projection" and not base.corrector:
         snr = {}
     if solver in ("projection", "langevin_projection"):
-        return {**snr, "lam": (0.0, 1.0, False)}
+        return {**snr, "lam": (0.0, 1.0, False), **warm_space(base)}
     if solver in ("baseline", "langevin"):
-        return {**snr, "r": (0.1, 20.0, True)}
+        return {**snr, "r": (0.1, 20.0, True), **warm_space(base)}
+    warm = warm_space(base)
     if solver == "dds":
-        return {"lam": (0.0, 1.0, False), "eta": (0.0, 1.0, False)}
-    return {"zeta": (0.01, 10.0, True)}
+        return {"lam": (0.0, 1.0, False), "eta": (0.0, 1.0, False), **warm}
+    if solver == "ddrm":
+        return {"eta": (0.0, 1.0, False), "eta_b": (0.0, 1.0, False), **warm}
+    if solver == "diffpir":
+        return {"hqs_lambda": (0.1, 100.0, True), "hqs_zeta": (0.0, 1.0, False), **warm}
+    return {"zeta": (0.01, 10.0, True), **warm}
 
 
 def base_settings(task: str, solver: str, preset=None, steps=None, sets: dict | None = None, noisy: bool = False,
@@ -155,7 +168,7 @@ def objective_value(model, problem: Problem, cfg: SolverConfig, metric: str, bat
         sl = slice(b0, min(b0 + batch_size, n))
         op = slice_operator(problem.op, sl)
         g = torch.Generator().manual_seed(derive_seed(seed, "tune", b0))
-        x, _ = solve(model, op, problem.y[sl].to(device), cfg, g)
+        x, _ = solve(model, op, problem.y[sl].to(device), cfg, g, **problem_inputs(problem, cfg, sl))
         x = (x.abs() if x.is_complex() else x).float().cpu()
         if not bool(torch.isfinite(x).all()):
             raise Diverged(f"reconstruction diverged (NaN/Inf) with {cfg}")
@@ -197,7 +210,14 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
     if base.cfg.name != solver:
         raise ScoreinvError(f"tune: base settings are for solver {base.cfg.name!r}, not {solver!r}")
     space = search_space(solver, task, base.cfg, bounds)
-    fixed = {k: getattr(base.cfg, k) for k in USES[solver] if k not in space}
+    check_run(base.cfg, problem.op, model.sde)          # e.g. ddrm on an operator without the decomposition
+    if "warm_sigma" in space:                            # the warm start must begin inside the model's range
+        lo, hi, lg = space["warm_sigma"]
+        top = 0.99 * sigma_of(model.sde, 1.0)
+        if lo >= top:
+            raise ScoreinvError(f"warm_sigma: the search range starts at {lo:g}, above the model's σ_max {top:.3g}")
+        space["warm_sigma"] = (lo, min(hi, top), lg)
+    fixed = record({k: getattr(base.cfg, k) for k in USES[solver] if k not in space})
     keep = {k: v for k, v in base.explicit().items() if k not in space}
     config = {**config, "solver": solver, "task": task, "metric": metric, "base": fixed,
               "space": {k: list(v) for k, v in space.items()}}

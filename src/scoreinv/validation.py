@@ -44,9 +44,9 @@ SOLVER_SEED = 11           # dds noise
 
 
 def recon_task(setting: str, dataset: str) -> str:
-    """`val.recon_task` resolved: auto -> mri for the brain dataset, else ct."""
+    """`val.recon_task` resolved: auto -> mri for brain data (brain, mri-real), else ct."""
     if setting == "auto":
-        return "mri" if dataset == "brain" else "ct"
+        return "mri" if dataset in ("brain", "mri-real") else "ct"
     return setting
 
 
@@ -135,7 +135,11 @@ def build_validator(cfg, dataset, device_batch: int = 64) -> Validator:
     if n < 1:
         raise ScoreinvError(f"dataset {cfg.data.dataset!r} has no validation images; set --set val.every=0 to "
                             f"train without validation")
-    images = torch.stack([dataset[i] for i in range(n)])
+    # datasets of a few volumes spread the picks over their volumes (`validation_indices`); the
+    # procedural ones take their first images (the model cards' curves were measured so)
+    pick = getattr(dataset, "validation_indices", None)
+    idx = list(pick(n)) if pick is not None else list(range(n))
+    images = torch.stack([dataset[i] for i in idx])
     return Validator(images, build_sde_from(cfg), v.sigmas, v.images, recon_task(v.recon_task, cfg.data.dataset),
                      v.recon_images, v.recon_steps, device_batch)
 

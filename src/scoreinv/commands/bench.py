@@ -1,15 +1,20 @@
-"""`scoreinv bench [train|physics|sampler]`: benchmarks printing `key: value` lines."""
+"""`scoreinv bench [train|physics|sampler|peers]`: benchmarks printing `key: value` lines."""
 from __future__ import annotations
 
 import argparse
 
+import torch
+
 from ..bench import emit
+from ..bench import peers as bench_peers
 from ..bench.physics import run as bench_physics
 from ..bench.sampler import run as bench_sampler
-from ..bench.train import check_groups, run as bench_train
+from ..bench.train import check_groups
+from ..bench.train import run as bench_train
 from ..errors import check_int, check_range
 
-PARTS = ("train", "physics", "sampler")
+PARTS = ("train", "physics", "sampler")        # run when no part is named
+OPTIONAL_PARTS = ("peers",)                    # run only when named (its own environment)
 
 HELP = """Benchmarks measured side by side in one run, printed as `key: value` lines under `# bench PART`.
 
@@ -19,19 +24,27 @@ HELP = """Benchmarks measured side by side in one run, printed as `key: value` l
 - physics: CT projector and FBP against ASTRA and scikit-image on a --size x --size Shepp-Logan
   phantom, 180 parallel-beam views (default 256);
 - sampler: time outside the network in the projection solver (64x64, --batch-size images, --steps
-  noise levels, CT and MRI).
+  noise levels, CT and MRI);
+- peers (only when named; needs deepinv: `make bench-peers` installs it in .venv-peers and runs
+  this): deepinv 0.5's DiffPIR, DDRM and DPS with our shipped prior as their denoiser, on our test
+  images and our exact measurements (the hashes printed), against our solvers with the shipped
+  presets at the same NFE: PSNR, SSIM, NFE and seconds per image on CT 10 views (phantoms, ct64)
+  and MRI 8x random columns (brain, mri64), --images test images, noise-free; the peers'
+  hyperparameters chosen on 3 validation images over a small grid (scoreinv.bench.peers).
 
   scoreinv bench
   scoreinv bench train --seconds 3
   scoreinv bench physics --size 128
   scoreinv bench sampler --checkpoint ct64 --steps 10
+  scoreinv bench peers --images 2 --nfe 50 --settings mri
 """
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="run benchmarks (train, physics, sampler; all with no argument)",
+    p = sub.add_parser("bench", help="run benchmarks (train, physics, sampler: all with no argument; peers)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", nargs="?", choices=PARTS, help="which benchmark; all when omitted")
+    p.add_argument("part", nargs="?", choices=PARTS + OPTIONAL_PARTS,
+                   help="which benchmark; train, physics and sampler when omitted")
     p.add_argument("--preset", default="ct64", help="train: model preset (default ct64)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="train: batch size (default: the preset's); sampler: images per batch (default 8)")
@@ -39,12 +52,19 @@ def register(sub):
     p.add_argument("--seconds", type=float, default=3.0, help="train: seconds per variant (default 3)")
     p.add_argument("--groups", default="layouts,compile,adam,data,batch",
                    help="train: variant groups, comma-separated (layouts, compile, adam, data, batch; default all)")
-    p.add_argument("--threads", type=int, default=None, help="train: torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="train, peers: torch threads (default: torch's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="train: device (default auto)")
     p.add_argument("--no-save", action="store_true", help="train: do not write the per-machine speed choice "
                    "(~/.cache/scoreinv/train_probe.json) that `scoreinv train` reads")
     p.add_argument("--size", type=int, default=256, help="physics: image size N of the N x N phantom (default 256)")
     p.add_argument("--steps", type=int, default=20, help="sampler: noise levels (default 20)")
+    p.add_argument("--images", type=int, default=bench_peers.DEFAULT_IMAGES,
+                   help=f"peers: test images per setting (default {bench_peers.DEFAULT_IMAGES})")
+    p.add_argument("--nfe", default=",".join(map(str, bench_peers.DEFAULT_NFE)),
+                   help="peers: network evaluations per image, comma-separated even numbers (default "
+                        f"{','.join(map(str, bench_peers.DEFAULT_NFE))})")
+    p.add_argument("--settings", default=",".join(bench_peers.SETTINGS),
+                   help=f"peers: settings, comma-separated ({', '.join(bench_peers.SETTINGS)}; default all)")
     p.set_defaults(func=run)
     return p
 
@@ -59,6 +79,7 @@ def run(args) -> int:
         check_int("--batch-size", args.batch_size)
     if args.threads is not None:
         check_int("--threads", args.threads)
+    peers_opts = bench_peers.check_options(args.images, args.nfe, args.settings)
     for part in parts:
         if part == "train":
             emit(bench_train(args.preset, args.batch_size, seconds=args.seconds, groups=groups, device=args.device,
@@ -68,6 +89,16 @@ def run(args) -> int:
             if res.get("astra_available") == 0.0:
                 print("astra: NOT AVAILABLE (the `astra` module could not be imported); no ASTRA numbers reported")
             emit(res, part)
-        else:
+        elif part == "sampler":
             emit(bench_sampler(batch=args.batch_size or 8, steps=args.steps, checkpoint=args.checkpoint), part)
+        else:
+            if args.threads is not None:
+                torch.set_num_threads(args.threads)
+            res = bench_peers.run(*peers_opts)
+            emit(res, part)
+            print()
+            print(bench_peers.table(res))
+            print()
+            for line in bench_peers.best_lines(res):
+                print(line)
     return 0

@@ -1,4 +1,5 @@
-"""`scoreinv data inspect`: show what a dataset spec would load (thin layer over scoreinv.data)."""
+"""`scoreinv data inspect` / `scoreinv data fetch`: show what a dataset spec would load, and fetch
+the real scans of the built-in datasets ct-real and mri-real (thin layer over scoreinv.data)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ import torch
 
 from ..atomic import check_new_output
 from ..data import BUILTIN_DATASETS, DESCRIPTIONS, build_dataset
+from ..data import fetch as fetching
 from ..data.folder import check_fractions
 from ..data.readers import skipped_line
 from ..errors import ScoreinvError, check_int
@@ -21,11 +23,14 @@ HELP = """Inspect training data: what would be loaded, and how it would be split
   scoreinv data inspect /data/brats --axis 0 --normalize minmax
   scoreinv data inspect scan.nii.gz --values             # also read the value ranges
   scoreinv data inspect phantoms --size 64 --preview phantoms.png
+  scoreinv data inspect ct-real --size 256               # real scans: run `scoreinv data fetch ct-real` first
 
-PATH is a folder or a file (DICOM series, NIfTI .nii/.nii.gz, fastMRI HDF5 .h5, PNG/TIFF/JPEG,
-NumPy .npy/.npz), or a built-in procedural dataset: phantoms (textured CT phantoms), ellipses
-(plain CT phantoms), brain (MNI152 template slices). A local folder with one of these names
-must be written with a path (./phantoms).
+PATH is a folder or a file (DICOM series, NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, InVesalius .inv3,
+fastMRI HDF5 .h5, PNG/TIFF/JPEG, NumPy .npy/.npz), or a built-in dataset: phantoms (textured CT
+phantoms), ellipses (plain CT phantoms), brain (MNI152 template slices), ct-real (real CT of 3
+patients) or mri-real (real brain MRI of 2 patients), the last two fetched once with `scoreinv
+data fetch` and split by patient into fixed slabs (the table shows the slice numbers). A local
+folder with one of these names must be written with a path (./phantoms).
 
 For files it lists the volumes found (name, kind, shape (D, H, W), HU or not, split), the
 number of slices, and the split sizes. Volumes are split by patient (DICOM PatientID, else the
@@ -35,15 +40,35 @@ slices of one patient never straddle splits. Slices are normalised per volume to
 aspect ratio (padded by default).
 """
 
+FETCH_HELP = """Fetch the real scans of the built-in datasets ct-real and mri-real into the data cache.
+
+  scoreinv data fetch ct-real                       # pyradiomics sdist (pip) + invesalius-examples (apt-get)
+  scoreinv data fetch mri-real                      # pyradiomics sdist only
+  scoreinv data fetch all --from downloads          # offline: a folder with the sdist and the .deb
+
+ct-real: chest CT lung1 and lung2 from the source distribution of pyradiomics 3.0.1 on PyPI
+(BSD-3-Clause; `pip download` through this Python), and the head CT Cranium.inv3 from the Debian
+package invesalius-examples (GPL-2; `apt-get download`, so Debian/Ubuntu). mri-real: the T1-weighted
+brain MRI brain1 and brain2 from the same sdist. Only these image files are kept (about 53 MB),
+in $SCOREINV_DATA if set, else ~/.cache/scoreinv/data. Every file is checked against the SHA-256
+of the released file; a fetch writes into a temporary folder of the cache and moves verified files
+into place only when all are verified, so a failure leaves the cache as it was. Files already
+cached are verified and reused; --overwrite fetches them again (e.g. after a damaged file was
+reported). --from PATH uses local copies instead of the network: pyradiomics-3.0.1.tar.gz, an
+invesalius-examples_*.deb, the extracted files (lung1_image.nrrd, Cranium.inv3, ...), or a folder
+holding any of them. See docs/data.md.
+"""
+
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("data", help="inspect datasets (folders of medical images or built-ins)",
+    p = subparsers.add_parser("data", help="inspect datasets, fetch the real scans of ct-real/mri-real",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
     q = sub.add_parser("inspect", help="print the volumes, slices and splits a dataset spec would load",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("path", metavar="PATH", help="folder, file, or built-in name (phantoms, ellipses, brain)")
+    q.add_argument("path", metavar="PATH", help="folder, file, or built-in name (phantoms, ellipses, brain, "
+                   "ct-real, mri-real)")
     q.add_argument("--size", type=int, default=64, help="model image size S: slices become S x S (default 64)")
     q.add_argument("--split", choices=("train", "val", "test", "all"), default="train",
                    help="split to describe in detail (default train; 'all' for folders only)")
@@ -67,7 +92,22 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace an existing --preview file")
     q.add_argument("--json", action="store_true", help="print the description as JSON")
     q.set_defaults(func=run_inspect)
+    f = sub.add_parser("fetch", help="download the real scans of ct-real / mri-real into the data cache",
+                       description=FETCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("name", metavar="NAME", help="ct-real, mri-real or all")
+    f.add_argument("--from", dest="source", metavar="PATH", help="local sdist, .deb, extracted files, or a folder "
+                   "of them, instead of downloading")
+    f.add_argument("--overwrite", action="store_true", help="fetch and replace files already in the cache")
+    f.set_defaults(func=run_fetch)
     return p
+
+
+def run_fetch(args) -> int:
+    if args.name not in fetching.FETCH_NAMES:
+        raise ScoreinvError(f"NAME {args.name!r}: expected one of {', '.join(fetching.FETCH_NAMES)}")
+    print(f"data cache {fetching.cache_dir()}")
+    fetching.fetch(args.name, source=args.source, overwrite=args.overwrite, log=print)
+    return 0
 
 
 def _options(args) -> dict:
@@ -82,8 +122,11 @@ def _options(args) -> dict:
         if given:
             raise ScoreinvError(f"option(s) {', '.join(given)} apply to files only, not to {args.path}")
         opts = {k: v for k, v in opts.items() if k in ("hu_min", "hu_max")}
-        if args.path == "brain" and (args.hu_min is not None or args.hu_max is not None):
-            raise ScoreinvError("--hu-min/--hu-max apply to CT data, not to brain")
+        if args.path in ("brain", "mri-real") and (args.hu_min is not None or args.hu_max is not None):
+            raise ScoreinvError(f"--hu-min/--hu-max apply to CT data, not to {args.path}")
+        if args.path == "ct-real" and (args.hu_min is not None or args.hu_max is not None):
+            raise ScoreinvError("--hu-min/--hu-max: ct-real always uses the reference window "
+                                f"[{HU_MIN:g}, {HU_MAX:g}] HU")
     return opts
 
 
@@ -112,7 +155,9 @@ def run_inspect(args) -> int:
         return 0
     print(f"dataset   {d['name']} ({d['kind']})")
     print(f"split     {d['split']}: {d['images']} image(s) of {d['image_size']}x{d['image_size']}, values in [0, 1]")
-    if "volumes" not in d:
+    if "scans" in d:
+        _print_real(d)
+    elif "volumes" not in d:
         print(f"about     {DESCRIPTIONS.get(d['name'], d['kind'])}")
         for k, v in d.items():
             if k not in ("name", "kind", "split", "images", "image_size"):
@@ -136,3 +181,26 @@ def run_inspect(args) -> int:
     if args.preview:
         print(f"preview   {args.preview}")
     return 0
+
+
+def _print_real(d: dict) -> None:
+    """The patients, their geometry and the slice table of a real dataset (ct-real, mri-real)."""
+    print(f"about     {DESCRIPTIONS[d['name']]}")
+    print(f"values    {d['normalize']}")
+    lo, hi = d["pixel_mm"]
+    print(f"pixels    {lo:.4g}{'' if hi == lo else f'-{hi:.4g}'} mm at {d['image_size']}x{d['image_size']} (this split)")
+    print(f"cache     {d['cache']}")
+    print(f"splits    by {d['split_by']}")
+    print(f"volumes   {len(d['scans'])}")
+    for s in d["scans"]:
+        shape = "x".join(str(v) for v in s["shape"])
+        print(f"  {s['patient']:<8} {s['what']}, {s['package']} ({s['licence']}), {shape} (D, H, W), "
+              f"pixel {s['pixel_mm']:.4g} mm, slice {s['slice_mm']:g} mm, {'HU' if s['hu'] else 'not HU'}, "
+              f"{s['pixel_mm_at_size']:.4g} mm at {d['image_size']}")
+    print("slices    (axial, 0 = inferior; inclusive ranges)")
+    print(f"  {'patient':<8} {'train':<16} {'val':<10} {'test':<10} gap (read by no split)")
+    for s in d["scans"]:
+        r = s["ranges"]
+        print(f"  {s['patient']:<8} {r['train']:<16} {r['val']:<10} {r['test']:<10} {r['gap']}")
+    z = d["sizes"]
+    print(f"  {'slices':<8} {z['train']:<16} {z['val']:<10} {z['test']:<10} {z['gap']}")

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..data.base import check_image_size
+from ..errors import check_int
 from ..evaluate import check_out_dir, evaluate, resolve_methods
 from ..sampling.settings import SOLVERS, noisy_level, open_preset, parse_sets
 
@@ -32,9 +33,11 @@ does not write, is refused. Each summary record holds the environment it ran in 
 torch versions, torch thread count, device): results repeat bit for bit at the same thread
 count, not across thread counts.
 
-Solvers: score solvers baseline, langevin, langevin_projection, projection, dds, dps (need
---checkpoint); classical baselines by task: ct fbp, sirt, cgls, tv; mri zero_filled, cgls, tv,
-cs_tv, cs_wavelet; mar li, nmar, sirt, cgls, tv. Baseline weights (tv, cs_*) and iteration
+Solvers: score solvers baseline, langevin, langevin_projection, projection, dds, dps, ddrm
+(MRI, or CT with --ct-operator fourier), diffpir (need --checkpoint); classical baselines by
+task: ct fbp, sirt, cgls, tv; mri zero_filled, cgls, tv, cs_tv, cs_wavelet; mar li, nmar, sirt,
+cgls, tv. Each row of the outputs names the estimate it scores (sample, mean-of-K with
+--samples K, tweedie@S with --set solver.sigma_end=S, classical). Baseline weights (tv, cs_*) and iteration
 counts (sirt, cgls) are chosen on --val-images validation images and cached in the folder,
 unless fixed with --set tv.weight=1e-3.
 
@@ -77,7 +80,8 @@ def add_task_arguments(p: argparse.ArgumentParser, model_optional: bool = True) 
     d.add_argument("--data", required=True, help="phantoms | ellipses | brain | a folder of images/volumes "
                    "(resized to the model's image size)")
     d.add_argument("--data-seed", type=int, default=0, help="dataset seed (procedural data, folder split; default 0)")
-    d.add_argument("--image-size", type=int, help="image size when no --checkpoint is given")
+    d.add_argument("--image-size", type=int, help="image size S (S x S): needed without --checkpoint; a patch "
+                   "prior (e.g. ct256) also takes other sizes (default: its training size)")
     p.add_argument("--seed", type=int, default=0, help="seed of masks, noise, implants and samplers (default 0)")
     p.add_argument("--batch-size", type=int, default=4, help="images reconstructed together (default 4)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -93,15 +97,14 @@ def load_model(args, needed: bool):
     """(model or None, fingerprint or None, image size, device) from --checkpoint / --image-size."""
     from ..errors import ScoreinvError
     from ..evaluate import model_fingerprint
-    from ..score import load_score_model
+    from ..score import check_model_size, load_score_model
     from ..train import resolve_device
     device = resolve_device(args.device)
     if args.checkpoint:
         model, cfg = load_score_model(args.checkpoint, device=device)
-        if args.image_size is not None and args.image_size != cfg.data.image_size:
-            raise ScoreinvError(f"--image-size {args.image_size}: the checkpoint models {cfg.data.image_size}x"
-                                f"{cfg.data.image_size} images")
-        return model, model_fingerprint(model), cfg.data.image_size, device
+        size = cfg.data.image_size if args.image_size is None else check_image_size(args.image_size, "--image-size")
+        check_model_size(cfg, size, what=f"--image-size {size}: the images")
+        return model, model_fingerprint(model), size, device
     if needed:
         raise ScoreinvError("score solvers need --checkpoint (a checkpoint file, work directory or shipped model)")
     if args.image_size is None:
@@ -143,11 +146,29 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="tuned parameters from `scoreinv tune` (repeatable, one per solver), or 'reference' "
                         "for the reference presets instead of the shipped model's tuned ones")
     p.add_argument("--num-images", type=int, default=8, help="images of the split to evaluate (default 8)")
+    p.add_argument("--pick", choices=("first", "spread"), default="first",
+                   help="which images of the split: the first --num-images (default), or --num-images spread "
+                        "evenly over the split (volumes: slices from bottom to top; also for the validation "
+                        "images)")
     p.add_argument("--val-images", type=int, default=4,
                    help="validation images for choosing baseline weights (default 4)")
     p.add_argument("--out", required=True, help="output folder (resumable)")
     p.set_defaults(func=run)
     return p
+
+
+def _spread(ds, n: int, flag: str):
+    from ..data.base import Subset, spread_indices
+    from ..errors import ScoreinvError
+    check_int(flag, n)
+    if n > len(ds):
+        raise ScoreinvError(f"{flag} {n}: the {ds.split} split of {ds.name} holds only {len(ds)} image(s)")
+    return Subset(ds, spread_indices(n, len(ds)))
+
+
+def _val(args, size: int):
+    ds = load_split(args, "val", size)
+    return _spread(ds, min(args.val_images, len(ds)), "--val-images") if args.pick == "spread" else ds
 
 
 def run(args) -> int:
@@ -161,8 +182,12 @@ def run(args) -> int:
             print(f"eval: {m.origin}", flush=True)
     model, fingerprint, size, device = load_model(args, any(m.name in SOLVERS for m in methods))
     ds = load_split(args, args.split, size)
-    evaluate(args.out, opts, ds, methods, args.num_images, data_id=data_id(args.data), split=args.split,
+    did = data_id(args.data)
+    if args.pick == "spread":      # the pick is part of the data's identity: a resumed run must repeat it
+        ds = _spread(ds, args.num_images, "--num-images")
+        did = f"{did} [spread {args.num_images}]"
+    evaluate(args.out, opts, ds, methods, args.num_images, data_id=did, split=args.split,
              model=model, model_id=fingerprint, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
-             device=device, val_dataset=lambda: load_split(args, "val", size), n_val=args.val_images)
+             device=device, val_dataset=lambda: _val(args, size), n_val=args.val_images)
     print(f"wrote {os.path.join(args.out, 'summary.json')}, metrics.csv, reconstructions.npz, comparison.png")
     return 0

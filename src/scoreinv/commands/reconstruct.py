@@ -17,7 +17,12 @@ score-based prior and one of the solvers, and write the result.
   scoreinv reconstruct --checkpoint ct64 --measurements ct.npz --preset tune/ct23-projection.yaml --set solver.snr=0.2 --out series.dcm
 
 Solvers: baseline (Score SDE), langevin (annealed Langevin), langevin_projection, projection
-(the paper's method), dds (fast, ~50 steps), dps. Settings, later ones win (as in eval and
+(the paper's method), dds (fast, ~50 steps), dps, ddrm (DDRM; MRI and Fourier-slice CT) and
+diffpir (DiffPIR), both ~50 steps and aware of the noise level in the file's noise record. Every
+solver can start from the classical reconstruction (FBP, LI or zero-filled) at a chosen noise
+level (--set solver.warm_start=classical --set solver.warm_sigma=2; same NFE) and can return the
+Tweedie estimate at a larger final noise level (--set solver.sigma_end=0.2), a partial posterior
+mean; the output line says which estimate was written. Settings, later ones win (as in eval and
 tune): the task's reference preset (the paper's values), the tuned preset (--preset FILE written
 by `scoreinv tune`, else the one a shipped model brings: --checkpoint ct64 or mri64 run each
 solver's tuned setting of about 50 noise levels; --preset reference skips it), --steps, then
@@ -52,8 +57,8 @@ def register(sub) -> argparse.ArgumentParser:
                    help="checkpoint file, training work directory, or shipped model name")
     p.add_argument("--measurements", required=True, help="measurement file (.npz from `scoreinv simulate`)")
     p.add_argument("--out", required=True, help="output: .npy, .png, .nii, .nii.gz or .dcm")
-    p.add_argument("--solver", help="baseline, langevin, langevin_projection, projection, dds or dps "
-                   "(default: the preset's)")
+    p.add_argument("--solver", help="baseline, langevin, langevin_projection, projection, dds, dps, ddrm or "
+                   "diffpir (default: the preset's)")
     p.add_argument("--preset", metavar="FILE", help="solver preset YAML written by `scoreinv tune` "
                    "({solver, task, params}), or 'reference' (default: the shipped model's tuned preset)")
     p.add_argument("--steps", type=int, help="noise levels (default: the solver's preset; NFE = see output)")
@@ -90,7 +95,7 @@ def run(args) -> int:
     r = run_plan(p, progress=not args.no_progress)
     n = len(p.meas)
     print(f"NFE per slice: {r.nfe} ({p.samples} x {r.nfe // p.samples}); {r.seconds:.1f} s "
-          f"({r.seconds / n:.2f} s per slice)")
+          f"({r.seconds / n:.2f} s per slice); estimate: {r.estimate}")
     print(f"data residual |Ax - y| / |y| of the {'mean' if p.samples > 1 else 'result'}: "
           f"mean {float(r.residual.mean()):.3g}, max {float(r.residual.max()):.3g}")
     if r.metrics:

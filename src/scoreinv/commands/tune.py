@@ -24,8 +24,10 @@ then pass the preset to eval or reconstruct: --preset tune/ct23-projection.yaml.
 
 Searches (optuna GPSampler: Gaussian-process Bayesian optimisation after --startup-trials random
 points) over (snr, lambda) for projection / langevin_projection, (snr, r) for baseline /
-langevin, (lambda, eta) for dds, zeta for dps; snr in [0, 0.4] for CT and MAR, [0.2, 0.8] for
-MRI, lambda in [0, 1], r in [0.1, 20] (as the paper; --bound replaces one). Objective: mean --metric over
+langevin, (lambda, eta) for dds, zeta for dps, (eta, eta_b) for ddrm, (hqs_lambda, hqs_zeta) for
+diffpir, plus warm_sigma when the fixed settings warm-start (--set solver.warm_start=classical);
+snr in [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI, lambda in [0, 1], r in [0.1, 20] (as the
+paper; --bound replaces one). Objective: mean --metric over
 --num-images images of --split (val by default; the test split is refused).
 
 --trials is the total number of completed trials: every finished trial is stored in --storage,
@@ -53,7 +55,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_task_arguments(p, model_optional=False)
     p.add_argument("--split", default="val", help="images to tune on: val (default) or train; test is refused")
     p.add_argument("--solver", required=True, help="score solver: projection, langevin_projection, baseline, "
-                   "langevin, dds or dps")
+                   "langevin, dds, dps, ddrm or diffpir")
     p.add_argument("--trials", type=int, required=True, help="completed trials wanted in the study (total)")
     p.add_argument("--storage", required=True, help="optuna database URL: sqlite:///study.db, or "
                    "postgresql+psycopg2://user:password@host/db to share a study across machines")

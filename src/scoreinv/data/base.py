@@ -140,3 +140,44 @@ class SliceDataset(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, " \
                f"image_size={self.image_size}, len={len(self)})"
+
+
+def spread_indices(n: int, total: int) -> list[int]:
+    """n indices spread evenly over 0..total-1 (first and last included when n > 1)."""
+    n, total = check_int("n", n), check_int("total", total)
+    if n > total:
+        raise ScoreinvError(f"cannot pick {n} of {total} images")
+    return [round(j * (total - 1) / (n - 1)) for j in range(n)] if n > 1 else [0]
+
+
+class Subset(SliceDataset):
+    """The images `indices` of another dataset, in that order (eval's --pick spread, the demo)."""
+
+    def __init__(self, base: SliceDataset, indices):
+        self.base = base
+        self.indices = [int(i) for i in indices]
+        n = len(base)
+        bad = [i for i in self.indices if not 0 <= i < n]
+        if bad or not self.indices:
+            raise ScoreinvError(f"{base.name} ({base.split}): image indices {bad or self.indices} outside 0..{n - 1}")
+        self.name, self.split, self.image_size = base.name, base.split, base.image_size
+        if hasattr(base, "pixel_mm"):
+            self.pixel_mm = tuple(base.pixel_mm[i] for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _item(self, i: int) -> torch.Tensor:
+        return self.base[self.indices[i]]
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        b, g = check_batch_size(batch_size), check_generator(generator)
+        pick = torch.randint(len(self), (b,), generator=g, device=g.device).cpu()
+        return torch.stack([self[int(i)] for i in pick]).to(g.device)
+
+    def shard(self, rank: int, world_size: int) -> "Subset":
+        rank, world_size = check_shard(rank, world_size)
+        return Subset(self.base, self.indices[rank::world_size])
+
+    def describe(self) -> dict:
+        return {**self.base.describe(), "picked": list(self.indices)}

@@ -1,7 +1,7 @@
 """Datasets of slices from files on disk: scan, split by patient/volume, normalise, resize.
 
 - Scan: a folder is walked (sorted; hidden entries skipped); a DICOM series is one volume, a
-  NIfTI/HDF5/NumPy file one volume, a 2-D image a one-slice volume, read by `readers` in the
+  NIfTI/NRRD/InVesalius/HDF5/NumPy file one volume, a 2-D image a one-slice volume, read by `readers` in the
   one orientation convention of `orientation`. Files of unknown type, DICOM objects without
   an image (DICOMDIR, reports) and files whose header cannot be read are skipped, each with its
   reason (`skipped`, printed by `scoreinv data inspect` and `scoreinv simulate`); pixel data that
@@ -14,7 +14,7 @@
 - Normalisation per volume: 'minmax' (v - min)/(max - min); 'window' clip(hu_to_unit(v, hu_min,
   hu_max), 0, 1) with the one HU mapping of `physics.mar_spectra`, default window [-1024, 3200]
   HU as the reference; 'auto' (default):
-  window for volumes in HU (DICOM CT), min-max otherwise (MRI, PNG, NIfTI, NumPy).
+  window for volumes in HU (DICOM CT, InVesalius CT), min-max otherwise (MRI, PNG, NIfTI, NRRD, NumPy).
 - Slices along `axis` (0 axial, 1 coronal, 2 sagittal for volumes in the display layout); for
   axes 1 and 2 the rows are flipped so that superior is up. One-slice volumes (2-D images) are
   always used as they are.
@@ -48,7 +48,18 @@ from .base import (
     single_thread,
 )
 from .phantoms import check_window
-from .readers import Skipped, VolumeRef, file_kind, hdf5_header, image_header, nifti_header, numpy_header, skipped_line
+from .inv3 import inv3_header
+from .readers import (
+    Skipped,
+    VolumeRef,
+    file_kind,
+    hdf5_header,
+    image_header,
+    nifti_header,
+    nrrd_header,
+    numpy_header,
+    skipped_line,
+)
 
 NORMALIZE = ("auto", "minmax", "window")
 FITS = ("pad", "crop")
@@ -73,6 +84,12 @@ def _header(f: Path, kind: str, key: str | None, top: str, rel: Path):
     if kind == "nifti":
         shape, spacing, affine = nifti_header(f)
         return VolumeRef(str(rel), kind, (f,), shape, False, spacing, {"group": top, "affine": affine})
+    if kind == "nrrd":
+        shape, spacing, affine = nrrd_header(f)
+        return VolumeRef(str(rel), kind, (f,), shape, False, spacing, {"group": top, "affine": affine})
+    if kind == "inv3":
+        shape, spacing, hu = inv3_header(f)
+        return VolumeRef(str(rel), kind, (f,), shape, hu, spacing, {"group": top})
     if kind == "hdf5":
         shape, k, cropped = hdf5_header(f, key)
         return VolumeRef(str(rel), kind, (f,), shape, False, None, {"group": top, "dataset": k, "cropped": cropped},
@@ -101,7 +118,8 @@ def scan(path, key: str | None = None) -> tuple[list[VolumeRef], list[Skipped]]:
         if kind is None:
             if one:
                 raise ScoreinvError(f"{f}: unsupported file type; expected DICOM (.dcm), NIfTI (.nii, .nii.gz), "
-                                    "HDF5 (.h5), PNG/TIFF/JPEG/BMP or NumPy (.npy, .npz)")
+                                    "NRRD (.nrrd, .nhdr), InVesalius (.inv3), HDF5 (.h5), PNG/TIFF/JPEG/BMP or "
+                                    "NumPy (.npy, .npz)")
             skipped.append(Skipped(f, "not an image file"))
             continue
         try:
@@ -238,7 +256,7 @@ class FolderDataset(SliceDataset):
         self.refs, self.skipped = scan(self.path, h5_key if h5_key is not None else npz_key)
         if not self.refs:
             raise ScoreinvError(f"{self.path}: no readable volumes found ({skipped_line(self.skipped, self.path)}); "
-                                "expected DICOM, NIfTI, HDF5, PNG/TIFF/JPEG or NumPy files")
+                                "expected DICOM, NIfTI, NRRD, HDF5, PNG/TIFF/JPEG or NumPy files")
         keys = [r.info["group"] if split_by == "patient" else r.name for r in self.refs]
         table = assign_splits(keys, self.seed, self.fractions)
         self.assignment = [table[k] for k in keys]

@@ -10,6 +10,15 @@ Formats (by suffix; DICOM files may also have no suffix and are recognised by th
   values through pydicom's modality transform (HU for CT), compressed syntaxes through the
   pylibjpeg plugins; see `dicom`.
 - NIfTI (.nii, .nii.gz; nibabel): a 2-D image is one slice, 3-D a volume.
+- NRRD (.nrrd, .nhdr with its detached data; pynrrd): scalar 2-D or 3-D images (axes of size 1
+  of another kind are dropped). With a patient 'space' (right-anterior-superior,
+  left-anterior-superior, left-posterior-superior, or their 3-letter names) the 'space
+  directions' and 'space origin' give the affine voxel -> RAS mm, and the volume is rearranged
+  to the display layout as NIfTI is; without one (no space, or e.g. scanner-xyz) the stored
+  layout is kept, (D, H, W) = (axis 3, axis 2, axis 1) of the file (its fastest axis last), with
+  the spacing from 'space directions' or 'spacings'. NRRD records no modality: values are not
+  taken as HU (folder datasets: normalize='window' for CT).
+- InVesalius projects (.inv3): the CT/MR matrix of the project (see `inv3`).
 - fastMRI-style HDF5 (.h5, .hdf5; h5py): 'reconstruction_rss' or 'reconstruction_esc' if
   present, else the magnitude of the centred orthonormal inverse 2-D FFT of 'kspace',
   combined over coils by root-sum-of-squares and cropped to the reconSpace matrix of the
@@ -35,10 +44,10 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from ..errors import ScoreinvError
-from . import dicom, orientation
+from . import dicom, inv3, orientation
 from .dicom import cause
 
-KINDS = ("dicom", "nifti", "hdf5", "image", "numpy")
+KINDS = ("dicom", "nifti", "nrrd", "inv3", "hdf5", "image", "numpy")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 NPZ_KEYS = ("image", "images", "volume", "data", "ground_truth", "arr_0")
 H5_KEYS = ("reconstruction_rss", "reconstruction_esc")
@@ -64,10 +73,14 @@ def skipped_line(skipped, root=None) -> str:
 
 
 def file_kind(path: Path) -> str | None:
-    """'dicom' | 'nifti' | 'hdf5' | 'image' | 'numpy', or None for other files."""
+    """'dicom' | 'nifti' | 'nrrd' | 'inv3' | 'hdf5' | 'image' | 'numpy', or None for other files."""
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "nrrd"
+    if name.endswith(".inv3"):
+        return "inv3"
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         return "hdf5"
@@ -112,6 +125,10 @@ class VolumeRef:
                      "positions": self.info["series"]["positions"]}
         elif self.kind == "nifti":
             data, affine = read_nifti(self.paths[0])
+        elif self.kind == "nrrd":
+            data, affine = read_nrrd(self.paths[0])
+        elif self.kind == "inv3":
+            data = inv3.read_inv3(self.paths[0])[0]
         elif self.kind == "hdf5":
             data = read_hdf5(self.paths[0], self.key)
         elif self.kind == "image":
@@ -189,6 +206,88 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
                             ".nii or .nii.gz file") from e
     data, disp = orientation.to_display(np.asarray(data), affine, str(path))
     return _as_volume(data, path, "NIfTI data"), disp
+
+
+# --- NRRD -----------------------------------------------------------------------------------
+# NRRD 'space' -> sign of each of its axes in RAS (the NRRD format's anatomical spaces)
+NRRD_SPACES = {"right-anterior-superior": (1, 1, 1), "ras": (1, 1, 1),
+               "left-anterior-superior": (-1, 1, 1), "las": (-1, 1, 1),
+               "left-posterior-superior": (-1, -1, 1), "lps": (-1, -1, 1)}
+NRRD_SPATIAL_KINDS = ("domain", "space")
+
+
+def _nrrd_layout(path: Path):
+    """(header, spatial axes, stored spatial shape (3,), affine voxel -> RAS or None, spacing (3,) or None)
+    of a NRRD file, in its stored (fastest-first) axis order; a 2-D image gets a third axis of 1."""
+    import nrrd
+
+    try:
+        h = nrrd.read_header(str(path))
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot read NRRD header ({cause(e)}); expected a .nrrd or .nhdr "
+                            "file") from e
+    sizes = [int(v) for v in np.atleast_1d(h.get("sizes", []))]
+    kinds = [str(k).lower() for k in h.get("kinds", ["domain"] * len(sizes))]
+    spatial = [i for i, k in enumerate(kinds) if k in NRRD_SPATIAL_KINDS]
+    other = [i for i in range(len(sizes)) if i not in spatial]
+    if len(kinds) != len(sizes) or len(spatial) not in (2, 3) or any(sizes[i] != 1 for i in other):
+        raise ScoreinvError(f"{path}: NRRD image of sizes {sizes} and kinds {kinds}; expected a scalar 2-D "
+                            "or 3-D image (axes of another kind than domain/space must have size 1)")
+    shape = [sizes[i] for i in spatial] + ([1] if len(spatial) == 2 else [])
+    dirs = h.get("space directions")
+    space = str(h.get("space", "")).strip().lower()
+    affine = spacing = None
+    if dirs is not None:
+        d = np.asarray(dirs, dtype=np.float64)
+        if d.ndim != 2 or d.shape[0] != len(sizes) or not np.isfinite(d[spatial]).all():
+            raise ScoreinvError(f"{path}: NRRD 'space directions' {dirs!r} do not give one finite vector per "
+                                "spatial axis")
+        d = d[spatial]
+        if len(spatial) == 2 and d.shape[1] == 3:       # a slice: its normal (1 mm) as the third axis
+            n = np.cross(d[0], d[1])
+            if not np.linalg.norm(n) > 0:
+                raise ScoreinvError(f"{path}: NRRD 'space directions' of the two axes are parallel")
+            d = np.vstack([d, n / np.linalg.norm(n)])
+        if space in NRRD_SPACES and d.shape == (3, 3):
+            a = np.eye(4)
+            a[:3, :3] = d.T                                  # column i: the step of axis i in the space
+            origin = h.get("space origin")
+            a[:3, 3] = np.zeros(3) if origin is None else np.asarray(origin, np.float64).reshape(3)
+            affine = orientation.check_affine(np.diag([*NRRD_SPACES[space], 1.0]) @ a, str(path))
+        spacing = tuple(float(v) for v in np.linalg.norm(d, axis=1))
+        spacing = (*spacing, 1.0)[:3]
+    elif h.get("spacings") is not None:
+        sp = np.asarray(h["spacings"], np.float64)[spatial]
+        spacing = tuple(float(v) if np.isfinite(v) and v > 0 else 1.0 for v in sp) + ((1.0,) if len(sp) == 2 else ())
+    return h, spatial, tuple(shape), affine, spacing
+
+
+def nrrd_header(path: Path) -> tuple[tuple, tuple | None, np.ndarray | None]:
+    """(shape (D, H, W), spacing (mm) or None, affine or None) of a NRRD file, from its header."""
+    _, _, shape, affine, spacing = _nrrd_layout(path)
+    if affine is None:
+        return shape[::-1], (spacing[::-1] if spacing else None), None
+    t = orientation.display_transform(affine, shape, str(path))
+    disp = orientation.transformed_affine(affine, shape, t)
+    return orientation.transformed_shape(shape, t), orientation.spacing(disp), disp
+
+
+def read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(volume (D, H, W) float32, in the display layout when the file has a patient space, and its
+    affine (4, 4) voxel -> RAS mm, or None)."""
+    import nrrd
+
+    _, _, shape, affine, _ = _nrrd_layout(path)
+    try:
+        data, _ = nrrd.read(str(path), index_order="F")     # axis i of the array = axis i of the header
+        data = np.asarray(data).reshape(shape)               # drops the size-1 axes of other kinds
+    except Exception as e:
+        raise ScoreinvError(f"{path}: cannot read NRRD data ({cause(e)}); expected a complete .nrrd file "
+                            "(or .nhdr with its data file)") from e
+    if affine is None:
+        return _as_volume(np.ascontiguousarray(data.transpose(2, 1, 0)), path, "NRRD data"), None
+    data, disp = orientation.to_display(data, affine, str(path))
+    return _as_volume(data, path, "NRRD data"), disp
 
 
 # --- HDF5 (fastMRI) -------------------------------------------------------------------------
@@ -379,8 +478,8 @@ def read_volume(path, key: str | None = None) -> Volume:
     refs, skipped = scan(path, key=key)
     if not refs:
         why = f" ({skipped_line(skipped, path)})" if skipped else ""
-        raise ScoreinvError(f"{path}: no image found{why}; expected a DICOM series, NIfTI, HDF5, PNG/TIFF/JPEG "
-                            "or NumPy file")
+        raise ScoreinvError(f"{path}: no image found{why}; expected a DICOM series, NIfTI, NRRD, HDF5, "
+                            "PNG/TIFF/JPEG or NumPy file")
     if len(refs) != 1:
         names = ", ".join(r.name for r in refs[:5]) + (", ..." if len(refs) > 5 else "")
         raise ScoreinvError(f"{path}: holds {len(refs)} volumes ({names}); expected exactly one (give one file "

@@ -1,6 +1,7 @@
 """build_dataset: the one entry point from a dataset spec to a dataset object.
 
-    build_dataset("phantoms" | "ellipses" | "brain" | PATH, split, image_size, seed=0, **options)
+    build_dataset("phantoms" | "ellipses" | "brain" | "ct-real" | "mri-real" | PATH, split, image_size,
+                  seed=0, **options)
 
 Options are checked against the chosen dataset's own list (OPTIONS); an unknown option, an
 unknown name that is not an existing path, or an empty split raises ScoreinvError. The generic
@@ -17,12 +18,15 @@ from ..errors import ScoreinvError
 from ..physics.mar_spectra import HU_MAX, HU_MIN
 from .base import SliceDataset
 
-BUILTIN_DATASETS = ("phantoms", "ellipses", "brain")
+BUILTIN_DATASETS = ("phantoms", "ellipses", "brain", "ct-real", "mri-real")
+REAL_DATASETS = ("ct-real", "mri-real")      # fetched once with `scoreinv data fetch NAME` (realdata, fetch)
 _PROC = ("n_train", "n_val", "n_test")
 OPTIONS = {
     "phantoms": ("hu_min", "hu_max", "antialias", *_PROC),
     "ellipses": ("hu_min", "hu_max", "antialias", *_PROC),
     "brain": ("contrasts", "deform", "noise", "bias", *_PROC),
+    "ct-real": (),
+    "mri-real": (),
     "folder": ("axis", "normalize", "hu_min", "hu_max", "fractions", "fit", "split_by", "cache_mb",
                "h5_key", "npz_key"),
 }
@@ -30,6 +34,10 @@ DESCRIPTIONS = {
     "phantoms": "textured random CT phantoms in HU (head, chest, abdomen): smooth tissue fields, grain, vessels",
     "ellipses": "plain random-ellipse CT phantoms in HU (piecewise constant; exact ellipse lists)",
     "brain": "MRI-like axial brain slices from the MNI152 template with random contrast and deformation",
+    "ct-real": "real CT: a head (train/val) and two chests (lung1 train/val, lung2 test), HU window "
+               "[-1024, 3200]; fetched with `scoreinv data fetch ct-real`",
+    "mri-real": "real T1-weighted brain MRI after contrast: brain1 (train/val), brain2 (test); fetched with "
+                "`scoreinv data fetch mri-real`",
 }
 
 
@@ -54,12 +62,15 @@ def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -
     """A dataset of (1, S, S) float32 slices in [0, 1] (see base.SliceDataset).
 
     spec: "phantoms" (textured CT phantoms), "ellipses" (plain CT phantoms), "brain" (MNI152
-    slices), or a folder/file path. split: "train" | "val" | "test" | "all" ("all" for paths
-    only).
+    slices), "ct-real" / "mri-real" (real scans fetched by `scoreinv data fetch`; see realdata),
+    or a folder/file path. split: "train" | "val" | "test" | "all" ("all" for paths only).
     """
     options = {k: v for k, v in options.items() if v is not None}
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
         _check_options(spec, options)
+        if spec in REAL_DATASETS:
+            from .realdata import RealDataset
+            return RealDataset(spec, split, image_size, seed)
         if spec == "brain":
             from .brain import BrainDataset
             return BrainDataset(split, image_size, seed, **options)

@@ -21,8 +21,9 @@ class NCSNpp(nn.Module):
                  attn_resolutions=(16,), dropout=0.0, resamp_with_conv=True, fir=True, fir_kernel=(1, 3, 3, 1),
                  skip_rescale=True, resblock_type="biggan", progressive="output_skip",
                  progressive_input="input_skip", progressive_combine="sum", embedding_type="fourier",
-                 fourier_scale=16.0, init_scale=0.0):
+                 fourier_scale=16.0, init_scale=0.0, in_channels=None):
         super().__init__()
+        cin_img = num_channels if in_channels is None else in_channels  # input: image (+ position) channels
         self.nf, self.num_res_blocks, self.embedding_type = nf, num_res_blocks, embedding_type
         self.ch_mult = list(ch_mult)
         self.progressive, self.progressive_input, self.combine = progressive, progressive_input, progressive_combine
@@ -51,7 +52,7 @@ class NCSNpp(nn.Module):
             return Resample(c, up=up, with_conv=resamp_with_conv, fir=fir, kernel=kern)
 
         # ---- down path
-        self.conv_in = conv(num_channels, nf, 3)
+        self.conv_in = conv(cin_img, nf, 3)
         self.down = nn.ModuleList()
         self.down_attn = nn.ModuleDict()
         self.down_sample = nn.ModuleList()
@@ -70,9 +71,9 @@ class NCSNpp(nn.Module):
             if i != self.num_levels - 1:
                 self.down_sample.append(resample(c, up=False))
                 if progressive_input == "input_skip":
-                    self.input_skip.append(conv(num_channels, c, 1) if progressive_combine == "sum" else conv(num_channels, c, 1))
+                    self.input_skip.append(conv(cin_img, c, 1))
                 elif progressive_input == "residual":
-                    self.input_skip.append(conv(num_channels, c, 1))
+                    self.input_skip.append(conv(cin_img, c, 1))
                 skips.append(c)
         self.pyramid_down = FIRResample(kern, up=False) if fir else None
 
@@ -108,7 +109,8 @@ class NCSNpp(nn.Module):
         return self.pyramid_up(x) if self.pyramid_up is not None else F.interpolate(x, scale_factor=2, mode="nearest")
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W); c_noise: (B,) noise conditioning (log sigma). Returns (B, C, H, W)."""
+        """x: (B, C_in, H, W); c_noise: (B,) noise conditioning (log sigma). Returns (B, C, H, W)
+        (C = num_channels; C_in = in_channels, the image channels plus any conditioning channels)."""
         if self.embed is not None:
             emb = self.embed(c_noise)
         else:
@@ -159,9 +161,18 @@ class NCSNpp(nn.Module):
         return pyramid if self.progressive != "none" else self.out(h)
 
 
-def build_network(mcfg, image_size: int) -> NCSNpp:
-    """Build NCSN++ from a ModelConfig (plain attribute access; no config reading here)."""
-    return NCSNpp(image_size=image_size, num_channels=mcfg.num_channels, nf=mcfg.nf, ch_mult=tuple(mcfg.ch_mult),
+def build_network(mcfg, image_size: int) -> nn.Module:
+    """Build NCSN++ from a ModelConfig (plain attribute access; no config reading here); with
+    `patch_size` > 0, an NCSN++ on P x P patches plus two position channels inside a PatchNet."""
+    if getattr(mcfg, "patch_size", 0):
+        from .patch import PatchNet
+        inner = _ncsnpp(mcfg, mcfg.patch_size, in_channels=mcfg.num_channels + 2)
+        return PatchNet(inner, mcfg.patch_size, mcfg.num_channels, max_patches=mcfg.max_patches)
+    return _ncsnpp(mcfg, image_size)
+
+
+def _ncsnpp(mcfg, image_size: int, in_channels=None) -> NCSNpp:
+    return NCSNpp(image_size=image_size, in_channels=in_channels, num_channels=mcfg.num_channels, nf=mcfg.nf, ch_mult=tuple(mcfg.ch_mult),
                   num_res_blocks=mcfg.num_res_blocks, attn_resolutions=tuple(mcfg.attn_resolutions),
                   dropout=mcfg.dropout, resamp_with_conv=mcfg.resamp_with_conv, fir=mcfg.fir,
                   fir_kernel=tuple(mcfg.fir_kernel), skip_rescale=mcfg.skip_rescale,

@@ -152,6 +152,18 @@ class FourierSliceCT(LinearOperator):
         out[:, self._mask(out)] = vals
         return out
 
+    def noise_variance(self, var: torch.Tensor) -> torch.Tensor:
+        """Mean E|n|² (B,) over the masked frequencies of the converted measurement, for independent
+        sinogram noise of per-entry variance `var` (B, V, D): Σ_d |E[i, d]|² var[view_i, d] per
+        frequency i (the conversion is linear, `from_sinogram`). float64."""
+        g = self.geometry
+        if not torch.is_tensor(var) or var.ndim != 3 or tuple(var.shape[1:]) != (g.n_views, g.n_det):
+            raise ScoreinvError(f"sinogram variance: expected (B, {g.n_views}, {g.n_det}), got "
+                                f"{tuple(var.shape) if torch.is_tensor(var) else type(var).__name__}")
+        e2 = self._conversion(var.device, torch.complex128).abs() ** 2                  # (m, D)
+        per = (e2.unsqueeze(0) * var.to(torch.float64)[:, self.view_index.to(var.device)]).sum(-1)   # (B, m)
+        return per.mean(1)
+
     def _simulate_fine(self, x_fine: torch.Tensor, factor: int) -> torch.Tensor:
         """Measurement of a `factor`-times finer image: fine parallel sinogram, then converted."""
         return self.from_sinogram(ParallelBeamCT(self.geometry)._simulate_fine(x_fine, factor))

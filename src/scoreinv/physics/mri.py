@@ -8,6 +8,12 @@ The measurement is the full k-space grid with zeros off the mask, shape (B, H, W
 hence P(Λ) ("restrict") and P(Λ)^{-1} ("embed") are both multiplication by the mask, and the
 T-domain is also (B, H, W) complex. Images are real (B, 1, H, W) as in the paper (the adjoint
 and T^{-1} keep the real part, <u, v> = Re(u^H v)); `complex_image=True` keeps complex images.
+
+Conjugate-symmetric completion (`completed`, docs/design.md §2.11): the spectrum of a real image
+is Hermitian, z(-k) = conj z(k), so a sampled k also measures its mirror -k. The completed mask
+Λ ∪ -Λ with data y(k) on Λ, conj y(-k) where only -k is sampled (and the average of the two where both are
+sampled: the nearest Hermitian data) is what the data-consistency steps use for real images;
+the measurement itself (and hence what a file stores) is unchanged.
 """
 from __future__ import annotations
 
@@ -29,6 +35,17 @@ def ifft2c(k: torch.Tensor) -> torch.Tensor:
     k = torch.fft.ifftshift(k, dim=(-2, -1))
     k = torch.fft.ifft2(k, norm="ortho")
     return torch.fft.fftshift(k, dim=(-2, -1))
+
+
+def mirror_index(n: int, device=None) -> torch.Tensor:
+    """Index of -k for each k along an axis of n samples in the fftshift layout (DC at n // 2)."""
+    return (2 * (n // 2) - torch.arange(n, device=device)) % n
+
+
+def mirror(z: torch.Tensor) -> torch.Tensor:
+    """z(-k) over the last two axes (fftshift layout): (..., H, W) -> (..., H, W)."""
+    h, w = z.shape[-2:]
+    return z.index_select(-2, mirror_index(h, z.device)).index_select(-1, mirror_index(w, z.device))
 
 
 def as_kspace_mask(mask, shape: tuple[int, int] | None = None, name: str = "mask") -> torch.Tensor:
@@ -118,6 +135,17 @@ class CartesianMRI(LinearOperator):
     def restrict(self, z: torch.Tensor) -> torch.Tensor:
         """P(Λ): k-space -> measurement (entries off the mask set to zero)."""
         return z * self._mask(z)
+
+    def completed(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conjugate-symmetric completion for real images (module docstring): (mask Λ ∪ -Λ (H, W)
+        bool, k-space data (B, H, W) complex, zero off that mask). For complex images (nothing
+        links k and -k) the plain (Λ, embed(y))."""
+        m = self._mask(y)
+        if self.complex_image:
+            return m, self.embed(y)
+        mr = mirror(m)
+        z = torch.where(m, y, 0) + torch.where(mr, mirror(y).conj(), 0)
+        return m | mr, torch.where(m & mr, 0.5 * z, z)
 
     def zero_filled(self, y: torch.Tensor) -> torch.Tensor:
         """Zero-filled reconstruction T^{-1}(embed(y)), (B, 1, H, W)."""

@@ -14,13 +14,20 @@
   = s − ζ/(2 g² ‖r‖) ∇ₓ‖r‖² with r = y − A D(x), i.e. the DPS step folded into the score of an
   ancestral predictor. Chung et al. write the step as ζ'/‖r‖ ∇‖r‖², so our ζ is 2ζ' (the tuned
   presets are in our ζ).
+- `DDRMStep`, `DiffPIRStep`: the restoration steps on the Tweedie estimate of DDRM (Kawar et al.
+  2022) and DiffPIR (Zhu et al. 2023), run by the loop's "x0" predictor (docs/design.md §2.11).
+
+Data consistency on operators with the decomposition uses `dc_data`: for real-image Cartesian
+MRI the conjugate-symmetric completion of the mask and data (`CartesianMRI.completed`), exact
+for real images; other operators their own mask and embed(y).
 """
 from __future__ import annotations
 
 import torch
 
-from ..errors import check_range
+from ..errors import ScoreinvError, check_range
 from ..physics.norm import operator_norm
+from .steps import randn_like
 
 
 def _b(v, x):
@@ -46,6 +53,15 @@ def norm2(op, x) -> float:
     return operator_norm(op, x.device, x.dtype, batch=x.shape[0]) ** 2
 
 
+def dc_data(op, y):
+    """(mask, z_y): the T-domain mask (bool, broadcastable to T x) and data (zero off the mask) that
+    data consistency enforces; the conjugate-symmetric completion where the operator has one
+    (module docstring)."""
+    if hasattr(op, "completed"):
+        return op.completed(y)
+    return op.mask.to(y.device), op.embed(y)
+
+
 class Projection:
     """Hook x -> x' (B, 1, H, W): projection onto {A x = ŷ_t} blended by λ."""
 
@@ -60,7 +76,8 @@ class Projection:
         op = self.op
         if op.has_decomposition:
             z = op.T(x)
-            z = z + lam * (op.embed(y_t) - op.restrict(z))
+            m, zy = dc_data(op, y_t)
+            z = torch.where(m, z + lam * (zy - z), z)
             return op.T_inv(z)
         reg = (1 - lam) / lam * norm2(op, x) if lam < 1.0 else 0.0
         return op.lstsq(y_t, x, reg=reg, iters=self.cg_iters)
@@ -111,3 +128,124 @@ class DPSScore:
             norm = res.abs().flatten(1).pow(2).sum(1).sqrt()
             (grad,) = torch.autograd.grad(norm.sum(), xg)
         return s.detach() - self.zeta * grad / self._g2(t)
+
+
+def _per_sample(v, like: torch.Tensor, batch: int) -> torch.Tensor:
+    """A float or (B,) tensor as (B, 1, ...) broadcastable to `like` (real dtype)."""
+    dt = like.real.dtype if like.is_complex() else like.dtype
+    t = torch.as_tensor(v, dtype=torch.float64, device=like.device).reshape(-1)
+    t = t.expand(batch) if t.numel() == 1 else t
+    return t.reshape(-1, *([1] * (like.ndim - 1))).to(dt)
+
+
+def require_decomposition(solver: str, op) -> None:
+    """Refuse an operator without the A = P(Λ)T decomposition for a solver that needs it (ddrm)."""
+    if not getattr(op, "has_decomposition", False):
+        raise ScoreinvError(
+            f"solver {solver} needs an operator with the A = P(Λ)T decomposition (single-coil Cartesian MRI, "
+            f"Fourier-slice CT); {op.name} has none. Use diffpir (its data step runs by conjugate gradient) or "
+            "dds, or for CT sinograms --ct-operator fourier")
+
+
+class DDRMStep:
+    """DDRM (Kawar et al. 2022, Eq. 7-8, with V = T and singular values 1 on the mask, 0 off it):
+    the step from u (= x/α, noise σ) with Tweedie estimate x̂0 to noise σ' < σ, in the T domain
+    (z = T·, measured data z_y of per-coefficient noise σ_y; ε = T w, w white real noise):
+
+        unmeasured:          z' = ẑ0 + √(1−η²) σ' (z_u − ẑ0)/σ + η σ' ε
+        measured, σ' < σ_y:  z' = ẑ0 + √(1−η²) σ' (z_y − ẑ0)/σ_y + η σ' ε
+        measured, σ' ≥ σ_y:  z' = (1−η_b) ẑ0 + η_b z_y + √(σ'² − η_b² σ_y²) ε
+
+    so for noise-free data (σ_y = 0) the measured coefficients become z_y + σ' ε, and at σ' = 0
+    (`final`) exactly (1 − η_b) ẑ0 + η_b z_y. `noise_scale` multiplies every noise term of the
+    step (ε and the DDIM direction) while the network is told σ': 1 is the paper; < 1 leaves
+    less noise than the next denoising assumes, which smooths like a partial posterior mean
+    (docs/design.md §2.11). σ_y: (B,) or a float, in the units of y (unitary T: image units).
+    """
+
+    def __init__(self, op, y, sigma_y=0.0, eta: float = 0.85, eta_b: float = 1.0, generator=None,
+                 noise_scale: float = 1.0):
+        require_decomposition("ddrm", op)
+        self.op, self.generator = op, generator
+        self.eta = check_range("eta", eta, 0.0, 1.0)
+        self.eta_b = check_range("eta_b", eta_b, 0.0, 1.0)
+        self.noise_scale = check_range("noise_scale", noise_scale, 0.0, 1.0)
+        self.mask, self.zy = dc_data(op, y)
+        self.sy = _per_sample(sigma_y, self.zy, y.shape[0])
+        if bool((self.sy < 0).any()) or not bool(torch.isfinite(self.sy).all()):
+            raise ScoreinvError(f"ddrm: measurement noise level {sigma_y!r}; expected finite values >= 0")
+
+    def __call__(self, u, x0, sig, sig2):
+        op, k = self.op, self.noise_scale
+        zu, z0 = op.T(u), op.T(x0)
+        s, s2 = _per_sample(sig.flatten(), z0, z0.shape[0]), _per_sample(sig2.flatten(), z0, z0.shape[0])
+        eps = op.T(randn_like(u, self.generator))
+        c = (1 - self.eta ** 2) ** 0.5
+        sy = self.sy
+        unmeasured = z0 + k * (c * s2 * (zu - z0) / s + self.eta * s2 * eps)
+        low = z0 + k * (c * s2 * (self.zy - z0) / sy.clamp_min(1e-30) + self.eta * s2 * eps)
+        high = (1 - self.eta_b) * z0 + self.eta_b * self.zy \
+            + k * torch.sqrt((s2 ** 2 - (self.eta_b * sy) ** 2).clamp_min(0)) * eps
+        measured = torch.where(s2 < sy, low, high)
+        return op.T_inv(torch.where(self.mask, measured, unmeasured))
+
+    def final(self, x0, t=None):
+        """The step to σ' = 0: measured coefficients (1 − η_b) ẑ0 + η_b z_y where σ_y = 0, ẑ0 elsewhere."""
+        z0 = self.op.T(x0)
+        exact = (self.sy <= 0) & self.mask
+        return self.op.T_inv(torch.where(exact, (1 - self.eta_b) * z0 + self.eta_b * self.zy, z0))
+
+
+class DiffPIRStep:
+    """DiffPIR (Zhu et al. 2023, Alg. 1; half-quadratic splitting) in VE form: from u (noise σ) with
+    Tweedie estimate x̂0,
+
+        x̂0' = argmin_x ½‖A x − y‖² + (ρ/2)‖x − x̂0‖²,   ρ = λ σ_n² / σ²,   σ_n = max(σ_y, floor · ‖A‖)
+        ε̂ = (u − x̂0')/σ,   u' = x̂0' + σ' (√(1−ζ) ε̂ + √ζ ε)
+
+    The proximal step is exact in the T domain where the operator decomposes (measured
+    coefficients (z_y + ρ ẑ0)/(1 + ρ), unmeasured ẑ0; completed mask for real-image MRI) and by
+    conjugate gradient (`lstsq`, `cg_iters`) otherwise. `final` is the proximal step at the last
+    level: DiffPIR returns that denoised estimate, not a noisy iterate. The floor (relative to
+    ‖A‖, so it means the same for operators of any scale) keeps ρ > 0 for noise-free data; a floor
+    of 0 there makes the step a hard projection. `noise_scale` as in DDRMStep.
+    """
+
+    def __init__(self, op, y, sde, sigma_y=0.0, lam: float = 7.0, zeta: float = 0.3, floor: float = 1e-3,
+                 generator=None, cg_iters: int = 10, noise_scale: float = 1.0):
+        self.op, self.y, self.sde, self.generator, self.cg_iters = op, y, sde, generator, cg_iters
+        self.lam = check_range("hqs_lambda", lam, 0.0)
+        self.zeta = check_range("hqs_zeta", zeta, 0.0, 1.0)
+        floor = check_range("sigma_floor", floor, 0.0)
+        self.noise_scale = check_range("noise_scale", noise_scale, 0.0, 1.0)
+        sy = torch.as_tensor(sigma_y, dtype=torch.float64).reshape(-1)
+        if bool((sy < 0).any()) or not bool(torch.isfinite(sy).all()):
+            raise ScoreinvError(f"diffpir: measurement noise level {sigma_y!r}; expected finite values >= 0")
+        scale = 1.0 if op.has_decomposition else norm2(op, torch.zeros(y.shape[0], 1, *op.image_shape,
+                                                                        device=y.device)) ** 0.5
+        self.sn2 = sy.clamp_min(floor * scale).expand(y.shape[0]).to(y.device) ** 2      # (B,)
+        if op.has_decomposition:
+            self.mask, self.zy = dc_data(op, y)
+
+    def rho(self, sig) -> torch.Tensor:
+        """ρ = λ σ_n² / σ² per sample (B,)."""
+        return self.lam * self.sn2 / sig.flatten().to(self.sn2) ** 2
+
+    def prox(self, x0, sig):
+        rho = self.rho(sig)
+        op = self.op
+        if op.has_decomposition:
+            z0 = op.T(x0)
+            r = _per_sample(rho, z0, z0.shape[0])
+            return op.T_inv(torch.where(self.mask, (self.zy + r * z0) / (1 + r), z0))
+        return op.lstsq(self.y, x0, reg=rho.to(x0.dtype), iters=self.cg_iters)
+
+    def __call__(self, u, x0, sig, sig2):
+        x0p = self.prox(x0, sig)
+        eps_hat = (u - x0p) / sig
+        k = self.noise_scale
+        return x0p + k * sig2 * ((1 - self.zeta) ** 0.5 * eps_hat + self.zeta ** 0.5 * randn_like(u, self.generator))
+
+    def final(self, x0, t):
+        """The proximal step at the last level t (B,): the denoised estimate DiffPIR returns."""
+        return self.prox(x0, self.sde.sigma_eff(t))

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import Diverged
-from .steps import ddim_predictor, langevin_corrector, reverse_diffusion_predictor
+from .steps import ddim_predictor, langevin_corrector, reverse_diffusion_predictor, x0_predictor
 
 Hook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,14 +41,15 @@ def pc_loop(score_fn, sde, x: torch.Tensor, times: torch.Tensor, *, predictor: s
             corrector_steps: int = 1, snr: float = 0.16, hook: Hook | None = None,
             order: str = "code", denoise: Callable | None = None, final_hook: Hook | None = None,
             generator: torch.Generator | None = None, progress: bool = False, eta: float = 0.0,
-            x0_hook: Hook | None = None) -> LoopResult:
+            x0_hook: Hook | None = None, x0_step: Callable | None = None) -> LoopResult:
     """Run predictor-corrector sampling from x at times[0] down to times[-1].
 
     times: (N,) float64 decreasing; each level i uses (times[i], times[i+1]) for the predictor
     (the last level predicts to time 0 for VE: σ_next = 0 makes it a plain denoising-like step
     only through `denoise`). `denoise(x, t) -> x0` is the final Tweedie step at t = times[-1].
     predictor: "reverse_diffusion" (ancestral), "ddim" (with `eta` and `x0_hook`, the data-consistency
-    step on the clean estimate), or None (corrector only, annealed Langevin).
+    step on the clean estimate), "x0" (a restoration step `x0_step(u, x̂0, σ, σ')` on the Tweedie
+    estimate: DDRM, DiffPIR), or None (corrector only, annealed Langevin).
     """
     counter = NFECounter(score_fn)
     n = times.shape[0]
@@ -73,6 +74,8 @@ def pc_loop(score_fn, sde, x: torch.Tensor, times: torch.Tensor, *, predictor: s
                 xe, x = (x, xp) if order == "paper" else (xp, xp)
             if predictor == "ddim":
                 x, _ = ddim_predictor(counter, sde, x, t, t_next, generator, eta=eta, x0_hook=x0_hook)
+            elif predictor == "x0":
+                x, _ = x0_predictor(counter, sde, x, t, t_next, x0_step)
             else:
                 x, _ = reverse_diffusion_predictor(counter, sde, x, t, t_next, generator, x_eval=xe)
             _check_finite(x, i, times)

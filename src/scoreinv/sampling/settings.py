@@ -38,7 +38,8 @@ from ..physics.mar_spectra import PHOTONS as MAR_PHOTONS
 from ..score import shipped_models
 from ..tasks import TASKS
 
-SOLVERS = ("baseline", "langevin", "langevin_projection", "projection", "dds", "dps")
+SOLVERS = ("baseline", "langevin", "langevin_projection", "projection", "dds", "dps", "ddrm", "diffpir")
+WARM_STARTS = ("none", "classical")
 REFERENCE_KEYWORD = "reference"      # --preset reference: the reference preset, no tuned one
 ALIASES = {"lambda": "lam", "λ": "lam"}
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -61,12 +62,21 @@ class SolverConfig:
     zeta: float = 1.0             # dps step
     cg_iters: int = 10            # CG iterations for operators without an exact T
     final_projection: bool = True
+    eta_b: float = 1.0            # ddrm: weight of y on measured coefficients (Kawar et al. η_b)
+    hqs_lambda: float = 7.0       # diffpir: λ of ρ_t = λ σ_n²/σ_t² (Zhu et al.)
+    hqs_zeta: float = 0.3         # diffpir: ζ, share of fresh noise in the re-noising
+    sigma_floor: float = 1e-3     # diffpir: σ_n floor (x ‖A‖) for noise-free data
+    noise_scale: float = 1.0      # ddrm, diffpir: factor on the noise of each step (1 = the papers)
+    warm_start: str = "none"      # none | classical: start at warm_sigma from the classical reconstruction
+    warm_sigma: float = 2.0       # σ the warm start begins at (image units)
+    sigma_end: float = 0.0        # > 0: end the schedule at σ_end; its Tweedie estimate is the output
 
     def nfe(self) -> int:
-        """Network evaluations per sample."""
+        """Network evaluations per sample (a warm start runs the same number of levels over the
+        shorter range [warm_sigma, σ_min], so the count does not change)."""
         if self.name in ("langevin", "langevin_projection"):
             return self.steps * self.corrector_steps + 1
-        if self.name in ("dds", "dps"):
+        if self.name in ("dds", "dps", "ddrm", "diffpir"):
             return self.steps
         per = (self.corrector_steps if self.corrector else 0) + (1 if self.predictor else 0)
         return self.steps * per - (1 if self.predictor else 0) + 1
@@ -76,17 +86,25 @@ class SolverConfig:
 PARAMS = {"steps": (int, 1, None), "snr": (float, 0.0, None), "lam": (float, 0.0, 1.0), "r": (float, 1e-6, None),
           "corrector_steps": (int, 1, None), "predictor": (bool, None, None), "corrector": (bool, None, None),
           "order": (str, ("code", "paper"), None), "eta": (float, 0.0, 1.0), "rho": (float, 1e-3, None),
-          "zeta": (float, 0.0, None), "cg_iters": (int, 1, None), "final_projection": (bool, None, None)}
-_COMMON = ("steps", "cg_iters", "final_projection")
+          "zeta": (float, 0.0, None), "cg_iters": (int, 1, None), "final_projection": (bool, None, None),
+          "eta_b": (float, 0.0, 1.0), "hqs_lambda": (float, 0.0, None), "hqs_zeta": (float, 0.0, 1.0),
+          "sigma_floor": (float, 0.0, None), "noise_scale": (float, 0.0, 1.0),
+          "warm_start": (str, WARM_STARTS, None), "warm_sigma": (float, 1e-6, None), "sigma_end": (float, 0.0, None)}
+_COMMON = ("steps", "cg_iters", "final_projection", "warm_start", "warm_sigma", "sigma_end")
 USES = {"projection": _COMMON + ("snr", "lam", "corrector_steps", "predictor", "corrector", "order"),
         "langevin_projection": _COMMON + ("snr", "lam", "corrector_steps", "order"),
         "baseline": _COMMON + ("snr", "r", "corrector_steps"),
         "langevin": _COMMON + ("snr", "r", "corrector_steps"),
         "dds": _COMMON + ("lam", "eta", "rho"),
-        "dps": _COMMON + ("rho", "zeta")}
+        "dps": _COMMON + ("rho", "zeta"),
+        "ddrm": _COMMON + ("eta", "eta_b", "rho", "noise_scale"),
+        "diffpir": _COMMON + ("hqs_lambda", "hqs_zeta", "sigma_floor", "rho", "noise_scale")}
 
 # The published hyperparameters (docs/design.md §2.10) per (task, solver); dds and dps
-# are not in the paper: their fast defaults.
+# are not in the paper: their fast defaults. ddrm: Kawar et al.'s η = 0.85, η_b = 1 (also
+# deepinv's defaults); diffpir: λ = 7 (deepinv's default; the paper's range 3-25), ζ = 0.3 (the
+# DiffPIR code pairs λ = 7 with ζ = 0.28), σ_n floor 1e-3 (the DiffPIR code's max(0.001, σ_n)).
+# ddrm has no MAR entry: the MAR operator has no decomposition.
 REFERENCE: dict[tuple[str, str], dict] = {
     ("ct", "projection"): dict(snr=0.246, lam=0.841),
     ("ct", "langevin_projection"): dict(snr=0.246, lam=0.841, steps=700, corrector_steps=3),
@@ -102,6 +120,8 @@ REFERENCE: dict[tuple[str, str], dict] = {
     ("mar", "langevin"): dict(snr=0.212, r=0.713, steps=700, corrector_steps=3),
     **{(t, "dds"): dict(steps=50, lam=1.0, eta=0.85) for t in TASKS},
     **{(t, "dps"): dict(steps=200, zeta=1.0) for t in TASKS},
+    **{(t, "ddrm"): dict(steps=50, eta=0.85, eta_b=1.0) for t in ("ct", "mri")},
+    **{(t, "diffpir"): dict(steps=50, hqs_lambda=7.0, hqs_zeta=0.3, sigma_floor=1e-3) for t in TASKS},
 }
 
 
@@ -149,7 +169,36 @@ def validate(c: SolverConfig, where: str = "solver.") -> SolverConfig:
     coerce({k: getattr(c, k) for k in PARAMS}, where)
     if c.name == "projection" and not (c.predictor or c.corrector):
         raise ScoreinvError(f"{where}predictor and {where}corrector cannot both be false")
+    if c.warm_start != "none" and c.sigma_end > 0 and c.sigma_end >= c.warm_sigma:
+        raise ScoreinvError(f"{where}sigma_end = {c.sigma_end:g}: must be below {where}warm_sigma = "
+                            f"{c.warm_sigma:g}, where the warm start begins")
     return c
+
+
+# Fields added after records of runs (eval.json, tune studies) were first written: a record leaves
+# them out at their default value (off: no warm start, no σ_end; the new solvers' parameters), so
+# a record made before they existed still matches (`record`).
+LATER_FIELDS = ("eta_b", "hqs_lambda", "hqs_zeta", "sigma_floor", "noise_scale", "warm_start", "warm_sigma",
+                "sigma_end")
+
+
+def record(params: dict) -> dict:
+    """Solver parameters as a run's record identifies them: LATER_FIELDS at their defaults left out."""
+    d = SolverConfig()
+    return {k: v for k, v in params.items() if not (k in LATER_FIELDS and v == getattr(d, k))}
+
+
+def estimate_name(c: SolverConfig | None, samples: int = 1) -> str:
+    """What a reconstruction is, for tables and reports (docs/design.md §2.11): 'sample' (one chain's
+    output), 'tweedie@S' (one chain stopped at σ_end = S and denoised: a partial posterior mean),
+    'mean-of-K' or 'mean-of-K tweedie@S' (the mean of K such outputs); 'classical' without a
+    score solver."""
+    if c is None:
+        return "classical"
+    one = f"tweedie@{c.sigma_end:g}" if c.sigma_end > 0 else "sample"
+    if samples > 1:
+        return f"mean-of-{samples}" + ("" if one == "sample" else f" {one}")
+    return one
 
 
 def solver_config(name: str, task: str | None = None, **overrides) -> SolverConfig:
@@ -175,9 +224,10 @@ class Preset:
     @property
     def label(self) -> str:
         """How the printed settings name it, e.g. 'preset ct64/ct-projection (tuned at views=10 ...)'."""
-        tuned = " (tuned" + (f" at {self.meta['setting']}" if self.meta.get("setting") else "") + ")" \
-            if "trials" in self.meta else ""
-        return f"preset {self.source}{tuned}"
+        at = f" at {self.meta['setting']}" if self.meta.get("setting") else ""
+        how = " (tuned" + at + ")" if "trials" in self.meta else \
+            " (chosen on validation" + at + ")" if "chosen" in self.meta else ""   # a hand comparison, not `tune`
+        return f"preset {self.source}{how}"
 
 
 def read_preset_file(path) -> dict:
@@ -316,8 +366,15 @@ class Resolved:
     def describe(self) -> str:
         """One line: the solver, its main knobs, and where each setting came from."""
         c = self.cfg
-        knobs = [k for k in ("steps", "corrector_steps", "snr", "lam", "r", "eta", "zeta") if k in USES[c.name]]
+        knobs = [k for k in ("steps", "corrector_steps", "snr", "lam", "r", "eta", "eta_b", "zeta", "hqs_lambda",
+                             "hqs_zeta") if k in USES[c.name]]
         vals = ", ".join(f"{k} {getattr(c, k):g}" for k in knobs)
+        if c.warm_start != "none":
+            vals += f", warm start {c.warm_start} at σ {c.warm_sigma:g}"
+        if c.sigma_end > 0:
+            vals += f", σ_end {c.sigma_end:g}"
+        if c.noise_scale != 1.0 and "noise_scale" in USES[c.name]:
+            vals += f", noise_scale {c.noise_scale:g}"
         groups: dict[str, list] = {}
         for k, o in self.origin.items():
             groups.setdefault(o, []).append(k)

@@ -77,3 +77,14 @@ def ddim_predictor(score_fn, sde: SDE, x, t, t_next, generator=None, eta: float 
     if eta > 0:
         x_next = x_next + c * randn_like(x, generator)
     return a2 * x_next, x0c
+
+
+def x0_predictor(score_fn, sde: SDE, x, t, t_next, step):
+    """A restoration step on the Tweedie estimate (DDRM, DiffPIR; docs/design.md §2.11), in VE form
+    on u = x/α with σ = β/α: x̂0 = (x + β² s)/α; u' = step(u, x̂0, σ, σ'); x_next = α' u'."""
+    s = score_fn(x, t)
+    a, b = sde.marginal_coeffs(t)
+    a2, b2 = sde.marginal_coeffs(t_next)
+    a, b, a2, b2 = _b(a, x), _b(b, x), _b(a2, x), _b(b2, x)
+    x0 = (x + b ** 2 * s) / a
+    return a2 * step(x / a, x0, b / a, b2 / a2), x0
