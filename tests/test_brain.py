@@ -94,3 +94,37 @@ def test_options_validated():
     with pytest.raises(ScoreinvError, match="hu_min"):
         build_dataset("brain", "train", 16, hu_min=-100)
     assert len(build_dataset("brain", "train", 16, hu_min=-1024.0, axis=0)) > 0   # neutral options pass
+
+
+@pytest.mark.parametrize("size", [256, 255])
+def test_canvas_is_the_template_grid_beyond_the_crop(size):
+    """S > N: output pixel i samples source pixel i − ⌊(S − N)/2⌋ exactly (no resampling), for odd and
+    even S − N; S <= N: the source stretched over the image, as the 64/128 presets were trained."""
+    import torch.nn.functional as F
+    n = 193
+    src = torch.rand(2, 1, n, n, generator=torch.Generator().manual_seed(0))
+    c = Bm.canvas_coords(size, n)
+    yo, xo = torch.meshgrid(c, c, indexing="ij")
+    out = F.grid_sample(src, torch.stack([xo, yo], -1).expand(2, size, size, 2), mode="bilinear",
+                        padding_mode="zeros", align_corners=False)
+    o = (size - n) // 2
+    torch.testing.assert_close(out, F.pad(src, (o, size - n - o, o, size - n - o)), atol=1e-4, rtol=0)
+    for s in (64, 128, 193):
+        assert torch.equal(Bm.canvas_coords(s, n), (2 * torch.arange(s, dtype=torch.float32) + 1) / s - 1)
+
+
+def test_brain_at_256_is_on_the_native_1mm_grid():
+    maps = Bm.template_maps()
+    n = maps.shape[-1]
+    assert n < 256 and Bm.template_pixel_mm(256) == 1.0 and Bm.template_pixel_mm(64) == n / 64
+    ds = build_dataset("brain", "val", 256, deform=0.0, noise=0.0, bias=0.0, n_val=2)
+    assert ds.describe()["pixel_mm"] == 1.0
+    x = torch.stack([ds[i] for i in range(2)])[:, 0]
+    support = np.nonzero(maps[:3].sum(0).max(0) > 0)                        # the brain over all planes, 1 mm
+    tall, wide = np.ptp(support[0]) + 1, np.ptp(support[1]) + 1
+    for img in x.numpy():
+        rows, cols = np.nonzero(img > 1e-3)
+        assert np.ptp(rows) + 1 <= tall and np.ptp(cols) + 1 <= wide         # not magnified to the canvas
+        assert np.ptp(rows) + 1 >= 0.85 * tall                               # but the whole brain, 1 px = 1 mm
+        o = (256 - n) // 2                                                   # centred: the crop's place on the canvas
+        assert rows.min() >= o + support[0].min() and rows.max() <= o + support[0].max()

@@ -153,6 +153,8 @@ RUNS: dict[str, Run] = {
     "scoreinv bench physics --size 128": Run([("--size 128", "--size 32")], [r"^# bench physics", r"^fbp_psnr: "]),
     "scoreinv bench sampler --checkpoint ct64 --steps 10": Run([("--steps 10", "--steps 2 --batch-size 1")],
                                                                 [r"^# bench sampler", r"^mri_overhead_fraction: "]),
+    "scoreinv bench sampler --checkpoint ct256 --solver diffpir --steps 50 --batch-size 1 --tasks ct":
+        Run([("--steps 50", "--steps 2")], [r"^# bench sampler", r"^ct_seconds_per_image: ", r"^solver: diffpir"]),
     "scoreinv demo": Run([("demo", "demo --num-images 1 --steps 3")], [r"dds"], ["demo_out/demo.png"]),
     # ---- --help examples (lines the README also shows ran above) ----
     "scoreinv train --config ct64 --workdir runs/ct64 --precision fp32 --set val.every=1000": Run(

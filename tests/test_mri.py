@@ -99,6 +99,26 @@ def test_kspace_rms():
     assert torch.allclose(kspace_rms(y, m), torch.tensor([3.0, 4.0]))
 
 
+@pytest.mark.parametrize("mask", ["random", "equispaced"])
+def test_complex_gaussian_noise_at_256(mask):
+    """simulate_mri at 256: noise only on the sampled columns, E|n|^2 = sigma^2 with sigma = level x the
+    RMS of the sampled k-space, real and imaginary parts independent with equal variance."""
+    from scoreinv.tasks import simulate_mri
+    x = torch.rand(2, 1, 256, 256, generator=_gen(7), dtype=torch.float64)
+    clean = simulate_mri(x, _gen(8), mask, 8.0)
+    noisy = simulate_mri(x, _gen(8), mask, 8.0, noise=0.05)         # same seed: the same mask
+    assert torch.equal(clean.op.mask, noisy.op.mask) and int(noisy.op.mask[0].sum()) == 32
+    n = noisy.y - clean.y
+    m = noisy.op.mask
+    assert bool((n[:, ~m] == 0).all())
+    sigma = 0.05 * kspace_rms(clean.y, m)
+    assert torch.allclose(torch.tensor(noisy.noise["sigma"], dtype=torch.float64), sigma, rtol=1e-2)
+    got = (n[:, m].abs() ** 2).mean(1).sqrt()                        # 8192 samples per image
+    assert torch.allclose(got, sigma, rtol=0.03)
+    re, im = n[:, m].real, n[:, m].imag
+    assert abs(float(re.var() / im.var()) - 1) < 0.06 and abs(float((re * im).mean() / re.var())) < 0.03
+
+
 @pytest.mark.parametrize("complex_image", [False, True])
 def test_sense_adjoint_and_lstsq(complex_image):
     maps = birdcage_maps(4, (12, 12), dtype=torch.complex128)

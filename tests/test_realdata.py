@@ -348,6 +348,51 @@ def test_sample_batch_and_shards(env):
     assert all(len(p.pixel_mm) == len(p) for p in parts)
 
 
+def test_mri_mix_mixes_brain1_and_the_template_split_by_patient(env):
+    """mri-mix (docs/data.md): training batches half brain1 slices (its training slabs only), half
+    template slices; val = brain1's validation slab then the template's validation images, test =
+    brain2 then the template's test images; validation picks alternate between the two."""
+    fetch.fetch("mri-real", source=env[0], log=quiet)
+    realdata._stack.cache_clear()
+    tr = build_dataset("mri-mix", "train", S, noise=0.0)
+    x = tr.sample_batch(400, torch.Generator().manual_seed(0))
+    assert x.shape == (400, 1, S, S) and torch.equal(x, tr.sample_batch(400, torch.Generator().manual_seed(0)))
+    real = x[:, 0, 0, 0] > 0.15                              # brain1's code block; template corners are 0
+    assert 0.42 < float(real.float().mean()) < 0.58
+    assert set(decode_mri(x[real], "brain1")) <= {("brain1", k) for k in MRI_SPLITS["brain1"]["train"]}
+    assert float(x[~real, 0, 0, 0].abs().max()) == 0.0 and float(x[~real].flatten(1).amax(1).min()) == 1.0
+    for frac, want in ((0.0, 0), (1.0, 50)):
+        xb = build_dataset("mri-mix", "train", S, real_fraction=frac, noise=0.0).sample_batch(
+            50, torch.Generator().manual_seed(1))
+        assert int((xb[:, 0, 0, 0] > 0.15).sum()) == want
+    val = build_dataset("mri-mix", "val", S, n_val=6, noise=0.0)
+    tmpl = build_dataset("brain", "val", S, n_val=6, noise=0.0)
+    assert len(val) == 5 + 6
+    assert decode_mri(torch.stack([val[i] for i in range(5)]), "brain1") == \
+        [("brain1", k) for k in MRI_SPLITS["brain1"]["val"]]
+    assert all(torch.equal(val[5 + i], tmpl[i]) for i in range(6))
+    picks = val.validation_indices(6)
+    assert [i < 5 for i in picks] == [True, False] * 3 and len(set(picks)) == 6
+    te = build_dataset("mri-mix", "test", S, n_test=4)
+    assert len(te) == 23 + 4
+    assert decode_mri(torch.stack([te[i] for i in range(23)]), "brain2") == [("brain2", k) for k in range(23)]
+    halves = [val.shard(r, 2) for r in range(2)]
+    assert sum(len(h) for h in halves) == len(val)
+    assert not set(decode_mri(halves[0].parts[0][1].images, "brain1")) & set(
+        decode_mri(halves[1].parts[0][1].images, "brain1"))
+    with pytest.raises(ScoreinvError, match="real_fraction"):
+        build_dataset("mri-mix", "train", S, real_fraction=1.5)
+    with pytest.raises(ScoreinvError, match="unknown option"):
+        build_dataset("mri-mix", "train", S, views=3)
+    with pytest.raises(ScoreinvError, match="expected train, val or test"):
+        build_dataset("mri-mix", "all", S)
+    rc, out, err = run_cli(["data", "inspect", "mri-mix", "--size", str(S), "--split", "val"])
+    assert rc == 0, err
+    assert re.search(r"^split     val: 69 image\(s\) of 16x16", out, flags=re.M), out
+    assert re.search(r"^parts .*mri-real brain1 .*pixel 0\.7812 mm.*5 image\(s\), weight 0\.5; brain template .*"
+                     r"64 image\(s\), weight 0\.5$", out, flags=re.M), out
+
+
 # --- the .deb and .inv3 formats -------------------------------------------------------------
 @pytest.mark.parametrize("build", ["dpkg-deb", "ar"])
 @pytest.mark.parametrize("reader", ["dpkg-deb", "ar"])

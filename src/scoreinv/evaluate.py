@@ -22,6 +22,13 @@ torch versions, thread count, device: `runinfo.environment`). Score-solver setti
 `sampling.settings.resolve` (the precedence shared with reconstruct and tune); they get the
 measurement noise level of the simulated data and, when they warm-start, the classical
 reconstruction from the baselines' data (`sampling.inputs.problem_inputs`).
+
+Volumes (docs/design.md §9.3): when the dataset lists each image's (volume, slice) (`index`: ct-real,
+mri-real, folders of volumes, phantom3d), every run of two or more consecutive slices of one volume
+among the evaluated images is scored as a volume too, and each summary record gets `volume`: the
+means over those volumes of PSNR/SSIM on axial, coronal and sagittal planes and the z-gradient error.
+Score solvers with `coupling: ztv` couple the consecutive slices of a volume within each batch (so
+--batch-size sets how much of a volume is coupled); they are refused on data without that index.
 """
 from __future__ import annotations
 
@@ -43,7 +50,7 @@ from .atomic import check_new_output
 from .baselines import BASELINES, choose_weight, get_baseline
 from .data.base import derive_seed
 from .errors import ScoreinvError, check_int
-from .metrics import compute_metrics, summarise
+from .metrics import VOLUME_METRICS, compute_metrics, summarise, volume_metrics
 from .eval_report import MAIN_VARIANT, comparison_figure, format_table
 from .runinfo import config_diff, environment
 from .sampling.inputs import problem_inputs
@@ -150,8 +157,10 @@ def _real(x: torch.Tensor) -> torch.Tensor:
 
 
 def run_method(method: Method, problem: Problem, model=None, samples: int = 1,
-               generator: torch.Generator | None = None, device="cpu") -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Reconstruct one problem batch -> (x (B, 1, H, W) CPU, posterior std or None, NFE per image)."""
+               generator: torch.Generator | None = None, device="cpu",
+               volume: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Reconstruct one problem batch -> (x (B, 1, H, W) CPU, posterior std or None, NFE per image);
+    volume: (B,) volume labels of the slices for a coupled solver (`slice_labels`)."""
     if method.kind == "baseline":
         kw = dict(method.params)
         if method.name == "nmar" and problem.metal_mask is not None:
@@ -164,9 +173,9 @@ def run_method(method: Method, problem: Problem, model=None, samples: int = 1,
     y = problem.y.to(device)
     inputs = problem_inputs(problem, cfg)
     if samples == 1:
-        x, nfe = solve(model, problem.op, y, cfg, generator, **inputs)
+        x, nfe = solve(model, problem.op, y, cfg, generator, **inputs, volume=volume)
         return _real(x), None, int(nfe)
-    post = posterior(model, repeat_operator(problem.op, samples), y, cfg, samples, generator, **inputs)
+    post = posterior(model, repeat_operator(problem.op, samples), y, cfg, samples, generator, **inputs, volume=volume)
     return _real(post["mean"]), _real(post["std"]), int(post["nfe"])
 
 
@@ -186,6 +195,54 @@ def check_score_methods(methods, options: TaskOptions, model=None) -> None:
                                 f"by conjugate gradient) or dds{hint}")
         if model is not None:
             sigma_range(model.sde, SolverConfig(**m.params))
+
+
+def volume_index(dataset) -> list[tuple[int, int]] | None:
+    """(volume, slice) of every image of a dataset of volumes (its `index`), else None."""
+    idx = getattr(dataset, "index", None)
+    if not isinstance(idx, (list, tuple)) or len(idx) != len(dataset) \
+            or not all(isinstance(e, (tuple, list)) and len(e) == 2 for e in idx):
+        return None
+    return [(int(v), int(k)) for v, k in idx]
+
+
+def _runs(index, images) -> list[int]:
+    """A run number per image of `images` (dataset indices, in order): a new run wherever the next image
+    is not the next slice of the same volume."""
+    out, run = [], 0
+    for j, i in enumerate(images):
+        prev = index[images[j - 1]] if j else None
+        if j and not (index[i][0] == prev[0] and index[i][1] == prev[1] + 1):
+            run += 1
+        out.append(run)
+    return out
+
+
+def slice_labels(index, images) -> torch.Tensor | None:
+    """Volume labels (B,) of a batch for the coupled solvers (docs/design.md §9.2): consecutive slices of
+    one volume share a label; None without an index."""
+    return None if index is None else torch.tensor(_runs(index, [int(i) for i in images]))
+
+
+def volume_scores(index, images, x: np.ndarray, ref: np.ndarray) -> dict:
+    """Volume metrics (docs/design.md §9.3) of the reconstructions x against ref ((N, 1, S, S), the
+    evaluated images `images` in order), averaged over the runs of 2+ consecutive slices; {} if none."""
+    if index is None:
+        return {}
+    runs = np.asarray(_runs(index, [int(i) for i in images]))
+    vals = []
+    for r in np.unique(runs):
+        pos = np.flatnonzero(runs == r)
+        if len(pos) >= 2:
+            vals.append(volume_metrics(torch.from_numpy(x[pos]), torch.from_numpy(ref[pos])))
+    if not vals:
+        return {}
+    sizes = [int((runs == r).sum()) for r in np.unique(runs)]
+    out = {"n_volumes": len(vals), "slices": [n for n in sizes if n >= 2]}
+    for k in VOLUME_METRICS:
+        v = np.asarray([d[k] for d in vals])
+        out[k] = None if np.isnan(v).any() else float(v.mean())
+    return out
 
 
 def estimate_of(method: Method, samples: int) -> str:
@@ -353,6 +410,12 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
     check_int("--val-images", n_val)
     check_out_dir(out)
     check_score_methods(methods, options, model)
+    vindex = volume_index(dataset)
+    coupled = [m.name for m in methods if m.kind == "score" and m.params.get("coupling", "none") != "none"]
+    if coupled and vindex is None:
+        raise ScoreinvError(f"{', '.join(coupled)}: coupling across slices needs a dataset of volumes (each image's "
+                            f"volume and slice known: ct-real, mri-real, a folder of volumes); {data_id} ({split}) "
+                            "holds independent images")
     batches = [np.arange(i, min(i + batch_size, num_images)) for i in range(0, num_images, batch_size)]
     _check_same_images(out, dataset, batches[0])
     env = json.dumps(environment(device), sort_keys=True)
@@ -382,7 +445,7 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
         for m in todo:
             g = torch.Generator().manual_seed(derive_seed(seed, "solve", m.name, b))
             t0 = time.perf_counter()
-            xr, std, nfe = run_method(m, problem, model, samples, g, device)
+            xr, std, nfe = run_method(m, problem, model, samples, g, device, volume=slice_labels(vindex, idx))
             sec = time.perf_counter() - t0
             if not bool(torch.isfinite(xr).all()):
                 raise ScoreinvError(f"{m.name}: the reconstruction of images {idx.tolist()} contains NaN or Inf "
@@ -393,10 +456,11 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
                          **{f"m_{k}": v for k, v in vals.items()})
             log(f"[{m.name}] batch {b + 1}/{len(batches)} ({len(idx)} images): {sec:.1f} s, "
                 f"PSNR {float(vals['psnr'].mean()):.2f}, SSIM {float(vals['ssim'].mean()):.3f}")
-    return _write_outputs(out, options, methods, batches, names, data_id, split, samples, figure_images, log)
+    return _write_outputs(out, options, methods, batches, names, data_id, split, samples, figure_images, log, vindex)
 
 
-def _write_outputs(out: Path, options, methods, batches, names, data_id, split, samples, figure_images, log):
+def _write_outputs(out: Path, options, methods, batches, names, data_id, split, samples, figure_images, log,
+                   vindex=None):
     truth = [_load_part(out / "parts" / "truth" / f"b{b:05d}.npz", idx) for b, idx in enumerate(batches)]
     gt = np.concatenate([t["x"] for t in truth])
     arrays = {"index": np.concatenate(batches), "ground_truth": gt,
@@ -423,6 +487,14 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
         rec.update(sec_per_image=float(secs.mean()), nfe=nfe, n_images=int(len(secs)),
                    samples=samples if m.kind == "score" else 1,
                    params=m.params, environment=_environment(parts))
+        vol = volume_scores(vindex, arrays["index"], arrays[f"recon_{m.name}"], gt)
+        if vol:
+            rec["volume"] = vol
+            planes = "/".join("n/a" if vol[f"psnr_{q}"] is None else f"{vol[f'psnr_{q}']:.2f}"
+                              for q in ("axial", "coronal", "sagittal"))
+            zg = "n/a" if vol["zgrad_rmse"] is None else f"{vol['zgrad_rmse']:.4g}"
+            log(f"[{m.name}] {vol['n_volumes']} volume(s): PSNR axial/coronal/sagittal {planes} dB, "
+                f"z-gradient RMSE {zg}")
         summary.append(rec)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe", "estimate"], lineterminator="\n")

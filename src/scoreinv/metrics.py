@@ -19,6 +19,15 @@ the input's device). Variants:
   on the [0, 1] scale and in this window differ by about 20 log10(4224 / 2000) ≈ 6.5 dB for the
   same error inside the window, so both are reported, under their own names.
 
+Volumes (docs/design.md §9.3; `volume_metrics`): a volume (S, 1, H, W), slices in order, is cut into
+axial (S planes of H x W), coronal (H planes of S x W) and sagittal (W planes of S x H) planes;
+`psnr_<plane>` and `ssim_<plane>` are the means over the planes of the per-plane metrics above
+(PSNR is thus not the same in the three directions: a per-plane mean, as peers report), on the
+voxel grid (anisotropic voxels are not resampled); SSIM of planes smaller than its 11 x 11 window
+is undefined (NaN). The slice-consistency figure `zgrad_rmse` is the RMSE of the error of the
+z-gradient, sqrt(mean((D_z x − D_z ref)²)) with (D_z x)_k = x_{k+1} − x_k, on the clipped images:
+the inter-slice stripes that slice-by-slice reconstruction leaves (0 for an error constant in z).
+
 SSIM is the Gaussian-window SSIM of Wang et al. (2004) with the settings of
 `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1)`: an 11-tap Gaussian (truncate 3.5), K1 = 0.01,
@@ -273,6 +282,54 @@ def ssim_mar_hu(x: torch.Tensor, ref: torch.Tensor, metal_mask=None) -> torch.Te
     """`ssim_hu` with metal pixels excluded (set to the window's floor in both images)."""
     x, ref = _hu_pair(x, ref)
     return ssim(*_zero_metal(x, ref, metal_mask))
+
+
+# --- volumes ----------------------------------------------------------------------------
+PLANES = ("axial", "coronal", "sagittal")
+VOLUME_METRICS = tuple(f"{m}_{p}" for p in PLANES for m in ("psnr", "ssim")) + ("zgrad_rmse",)
+
+
+def _volume(name: str, v: torch.Tensor) -> torch.Tensor:
+    check_images(name, v)
+    if v.shape[0] < 2:
+        raise ScoreinvError(f"{name}: a volume needs at least 2 slices, got {v.shape[0]}")
+    return v
+
+
+def reformat(vol: torch.Tensor, plane: str) -> torch.Tensor:
+    """The planes of a volume (S, 1, H, W) as images (P, 1, rows, columns), as a viewer shows them
+    for a volume in the layout of docs/design.md §7.2 (slices inferior -> superior): axial (S, 1, H, W)
+    as stored; coronal (H, 1, S, W) and sagittal (W, 1, S, H) with superior at the top (the slice
+    axis reversed), sagittal with anterior on the left."""
+    check_choice("plane", plane, PLANES)
+    v = vol[:, 0]
+    if plane == "axial":
+        return vol
+    if plane == "coronal":
+        return v.flip(0).permute(1, 0, 2).unsqueeze(1)
+    return v.flip(0).permute(2, 0, 1).unsqueeze(1)
+
+
+def zgrad_rmse(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """RMSE of the error of the z-gradient, sqrt(mean((D_z x − D_z ref)²)) of volumes (S, 1, H, W)
+    clipped to [0, 1] (module docstring) -> scalar float64 tensor."""
+    x, ref = _pair(_volume("reconstruction", x), _volume("reference", ref))
+    return ((x[1:] - x[:-1]) - (ref[1:] - ref[:-1])).pow(2).mean().sqrt()
+
+
+def volume_metrics(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """{psnr_axial, ssim_axial, psnr_coronal, ..., zgrad_rmse} of a volume x against ref, both
+    (S, 1, H, W) with slices in order (module docstring): per-plane means, NaN for SSIM on planes
+    smaller than its window."""
+    x, ref = _pair(_volume("reconstruction", x), _volume("reference", ref))
+    out = {}
+    for plane in PLANES:
+        xp, rp = reformat(x, plane), reformat(ref, plane)
+        out[f"psnr_{plane}"] = float(_psnr(xp, rp).mean())
+        small = min(xp.shape[-2:]) < 2 * SSIM_RADIUS + 1
+        out[f"ssim_{plane}"] = float("nan") if small else float(_ssim(xp, rp).mean())
+    out["zgrad_rmse"] = float(zgrad_rmse(x, ref))
+    return out
 
 
 # --- registry and summaries ---------------------------------------------------------------

@@ -23,10 +23,20 @@ measurement_sigma`; ddrm and diffpir use it) and, when they warm-start, the clas
 reconstruction of the file's own data (`sampling.inputs.classical`: FBP of a CT sinogram, LI for
 MAR, the zero-filled image of the completed k-space for MRI). What the output is (one sample,
 the mean of K, a Tweedie estimate at σ_end) is named by `settings.estimate_name` (docs/design.md §2.11).
+
+Volumes (`coupling: ztv`, `--coupling ztv`; docs/design.md §9.2): the selected slices are solved
+together as one volume, in the file's order, with the z-TV coupling in every data-consistency step;
+the whole volume's data-consistency step runs at once (it is cheap) and only the network is
+evaluated --batch-size images at a time, so the result does not depend on --batch-size and couples
+across every chunk border. The slices must form a volume: their positions (the source record of a
+DICOM series or NIfTI volume) evenly spaced along one line, none duplicated or missing; files without
+positions are coupled in file order. With a ground truth of 2 or more such slices the volume metrics
+of docs/design.md §9.3 are reported (coupled or not).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -39,15 +49,15 @@ from tqdm.auto import tqdm
 from . import writers
 from .atomic import check_new_output
 from .errors import ScoreinvError, check_choice, check_int
-from .metrics import compute_metrics
+from .metrics import compute_metrics, volume_metrics
 from .physics.ct import ParallelBeamCT
 from .physics.fourier_slice import fourier_from_parallel
 from .physics.measurements import PER_SLICE_ARRAYS, Measurements, load_measurements
 from .runinfo import environment
 from .sampling import solvers
 from .sampling.inputs import classical, measurement_sigma
-from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, Preset, Resolved, check_applies, check_targets,
-                                estimate_name, noisy_record, open_preset, resolve, shipped_model)
+from .sampling.settings import (COUPLINGS, REFERENCE_KEYWORD, SOLVERS, Preset, Resolved, check_applies, check_coupling,
+                                check_targets, estimate_name, noisy_record, open_preset, resolve, shipped_model)
 from .score import check_model_size, load_score_model, resolve_checkpoint
 from .source_record import meta_from_source
 from .tasks import CT_OPERATORS, DEFAULT_CT_OPERATOR, repeat_operator, slice_operator
@@ -56,9 +66,11 @@ from .train import resolve_device
 
 # --- solver settings and outputs ------------------------------------------------------------------
 def solver_settings(task: str, solver: str | None = None, preset=None, steps: int | None = None,
-                    sets: dict | None = None, noisy: bool = False, checkpoint: str | None = None) -> Resolved:
+                    sets: dict | None = None, noisy: bool = False, checkpoint: str | None = None,
+                    coupling: str | None = None) -> Resolved:
     """The settings of a reconstruction (module docstring): preset a file, 'reference' or None;
-    sets: parse_sets of --set (targets solver and the solver's name)."""
+    sets: parse_sets of --set (targets solver and the solver's name); coupling: --coupling, the same
+    as --set solver.coupling=VALUE (refused for a solver without a data-consistency step)."""
     p = open_preset(preset, task=task)
     if isinstance(p, Preset):
         if solver is not None and solver != p.solver:
@@ -67,10 +79,25 @@ def solver_settings(task: str, solver: str | None = None, preset=None, steps: in
     if solver is None:
         raise ScoreinvError(f"give --solver (one of {', '.join(SOLVERS)}) or --preset FILE")
     check_choice("--solver", solver, SOLVERS)
-    sets = sets or {}
+    sets = dict(sets or {})
+    if coupling is not None:
+        check_choice("--coupling", coupling, COUPLINGS)
+        if check_coupling(solver, coupling):
+            raise ScoreinvError(check_coupling(solver, coupling))
+        given = {k: v for t in ("solver", solver) for k, v in sets.get(t, {}).items() if k == "coupling"}
+        if given and given["coupling"] != coupling:
+            raise ScoreinvError(f"--coupling {coupling} differs from --set ...coupling={given['coupling']}")
+        sets["solver"] = {**sets.get("solver", {}), "coupling": coupling}
+    for t in ("solver", solver):
+        c = str(sets.get(t, {}).get("coupling", "none"))
+        if check_coupling(solver, c, f"--set {t}.coupling"):
+            raise ScoreinvError(check_coupling(solver, c, f"--set {t}.coupling"))
     check_targets(sets, ("solver", solver))
     check_applies(sets, [solver])
-    return resolve(task, solver, preset=p, model=shipped_model(checkpoint), steps=steps, sets=sets, noisy=noisy)
+    r = resolve(task, solver, preset=p, model=shipped_model(checkpoint), steps=steps, sets=sets, noisy=noisy)
+    if coupling is not None and "coupling" in r.origin:
+        r.origin["coupling"] = "--coupling"
+    return r
 
 
 def check_outputs(out, measurements, n_slices: int, samples: int, overwrite: bool = False,
@@ -155,12 +182,46 @@ class Plan:
     seed: int = 0
     device: torch.device = torch.device("cpu")
     ct_operator: str | None = None
+    spacing: float | None = None  # slice spacing (mm) of an evenly spaced selection of 2+ slices, else None
+    volume: bool = False          # the selection forms a volume (evenly spaced, or no positions known)
+
+
+def volume_geometry(positions, slices: list[int], where: str) -> float | None:
+    """The slice spacing (mm) of the selected slices, checked to form a volume: positions (S, 3) (LPS
+    mm, or None when the file has none: file order is taken, spacing unknown) evenly spaced along one
+    line, so none duplicated or missing. Raises ScoreinvError naming the slices otherwise."""
+    if len(slices) < 2:
+        raise ScoreinvError(f"{where}: coupling needs at least 2 slices (a volume); got {len(slices)} "
+                            "(choose more with --slices, or --coupling none)")
+    if positions is None:
+        return None
+    pos = np.asarray(positions, float)
+    steps = np.diff(pos, axis=0)
+    size = np.linalg.norm(steps, axis=1)
+    dup = np.flatnonzero(size < 1e-6)
+    if dup.size:
+        k = int(dup[0])
+        raise ScoreinvError(f"{where}: slices {slices[k]} and {slices[k + 1]} lie at the same position "
+                            f"{pos[k].round(3).tolist()} mm (a duplicated slice); a volume needs one slice per "
+                            "position")
+    med = float(np.median(size))
+    ref = steps[int(np.argmin(np.abs(size - med)))]            # a typical step: most neighbours are this far apart
+    h = float(np.linalg.norm(ref))
+    bad = np.flatnonzero(np.linalg.norm(steps - ref, axis=1) > 0.01 * h)
+    if bad.size:
+        k = int(bad[0])
+        kind = "missing slice(s)" if size[k] > 1.5 * h else "non-uniform spacing"
+        raise ScoreinvError(f"{where}: the slices are not evenly spaced along one line: {size[k]:.4g} mm from slice "
+                            f"{slices[k]} to {slices[k + 1]}, {h:.4g} mm between most neighbours ({kind}, or a "
+                            "--slices selection with gaps); coupling across slices needs a volume of evenly spaced "
+                            "slices (select a contiguous run with --slices, or --coupling none)")
+    return h
 
 
 def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None, steps: int | None = None,
          samples: int = 1, sets: dict | None = None, preset: str | None = None, batch_size: int = 8,
          seed: int = 0, device: str = "auto", ct_operator: str | None = None, slices: str | None = None,
-         overwrite: bool = False, report: str | None = None) -> Plan:
+         overwrite: bool = False, report: str | None = None, coupling: str | None = None) -> Plan:
     """Load and check everything; raises ScoreinvError before any sampling (module docstring)."""
     check_int("--samples", samples)
     check_int("--batch-size", batch_size)
@@ -180,7 +241,18 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     if getattr(op, "complex_image", False):
         raise ScoreinvError(f"{measurements}: {op.name} reconstructs complex images; the score prior models real "
                             "images (simulate with a real-image operator)")
-    settings = solver_settings(meas.task, solver, preset, steps, sets, noisy_record(meas.task, meas.noise), checkpoint)
+    settings = solver_settings(meas.task, solver, preset, steps, sets, noisy_record(meas.task, meas.noise), checkpoint,
+                               coupling)
+    spacing, volume = None, False
+    if settings.cfg.coupling != "none":
+        where = f"{measurements} (--coupling {settings.cfg.coupling})"
+        spacing, volume = volume_geometry(meta.positions, idx, where), True
+        check_volume_memory(len(idx) * int(samples), *meas.image_size, measurements)
+    elif len(idx) > 1:
+        try:
+            spacing, volume = volume_geometry(meta.positions, idx, str(measurements)), True
+        except ScoreinvError:       # not a volume: slice metrics only
+            pass
     dev = resolve_device(device)
     model, model_cfg = load_score_model(checkpoint, device=dev)
     check_model_size(model_cfg, *meas.image_size,
@@ -199,7 +271,22 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
         solve_op, y = fourier_from_parallel(op, y)
     solvers.check_run(settings.cfg, solve_op, model.sde)
     return Plan(meas, full.source, idx, op, solve_op, y, settings.cfg, settings, model, model_cfg, str(out),
-                int(samples), int(batch_size), int(seed), dev, ct_operator)
+                int(samples), int(batch_size), int(seed), dev, ct_operator, spacing, volume)
+
+
+def check_volume_memory(images: int, h: int, w: int, where) -> None:
+    """Refuse a coupled volume whose data-consistency state (about 16 float32 copies of the K·S images:
+    iterate, ADMM variables, CG vectors) would not fit in the memory available now (Linux; elsewhere
+    nothing is checked). The network's memory is bounded by --batch-size, not checked here."""
+    need = 16 * 4 * images * h * w
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > avail:
+        raise ScoreinvError(f"{where}: the coupled volume ({images} images of {h}x{w}, --samples included) needs "
+                            f"about {need / 2 ** 30:.1f} GiB for its data-consistency step, more than the "
+                            f"{avail / 2 ** 30:.1f} GiB available; select fewer slices (--slices) or samples")
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -213,6 +300,7 @@ class Result:
     residual: torch.Tensor             # (S,) ‖A x − y‖ / ‖y‖ of the mean, the file's operator and y
     metrics: dict = field(default_factory=dict)   # name -> (S,) against the file's ground truth
     files: list = field(default_factory=list)
+    volume: dict = field(default_factory=dict)    # volume metrics (docs/design.md §9.3) when the slices form a volume
 
 
 def _relative_residual(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -221,9 +309,11 @@ def _relative_residual(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def run(p: Plan, progress: bool = True) -> Result:
-    """Sample every selected slice in batches of about `batch_size` images, then write the outputs."""
+    """Sample every selected slice in batches of about `batch_size` images (a coupled volume: all slices in
+    one call, the network `batch_size` images at a time), then write the outputs."""
     n = len(p.meas)
-    per = max(1, p.batch_size // p.samples)       # slices per call: network batch ≈ batch_size
+    coupled = p.cfg.coupling != "none"
+    per = n if coupled else max(1, p.batch_size // p.samples)       # slices per call: network batch ≈ batch_size
     g = torch.Generator().manual_seed(p.seed)
     means, stds, res, nfe = [], [], [], 0
     t0 = time.perf_counter()
@@ -234,7 +324,7 @@ def run(p: Plan, progress: bool = True) -> Result:
         inputs = solver_inputs(p, sl)
         sop = repeat_operator(slice_operator(p.solve_op, sl), p.samples)
         out = solvers.posterior(p.model, sop, p.y[i0:i1], p.cfg, samples=p.samples, generator=g, progress=progress,
-                                **inputs)
+                                **inputs, **({"network_batch": p.batch_size} if coupled else {}))
         means.append(out["mean"].float().cpu())
         stds.append(out["std"].float().cpu())
         res.append(_relative_residual(slice_operator(p.op, slice(i0, i1)), out["mean"], p.meas.y[i0:i1].to(p.device)))
@@ -248,7 +338,8 @@ def run(p: Plan, progress: bool = True) -> Result:
         if t is not None and not bool(torch.isfinite(t).all()):
             raise ScoreinvError(f"the {name} holds NaN or Inf (solver {p.cfg.name}); nothing written. Try fewer "
                                 "corrector steps, a smaller snr, or another checkpoint")
-    result = Result(mean, std, nfe, estimate_name(p.cfg, p.samples), seconds, torch.cat(res), metrics(p, mean))
+    result = Result(mean, std, nfe, estimate_name(p.cfg, p.samples), seconds, torch.cat(res), metrics(p, mean),
+                    volume=volume_scores(p, mean))
     result.files = write(p, result)
     return result
 
@@ -274,10 +365,24 @@ def metrics(p: Plan, mean: torch.Tensor) -> dict:
     return compute_metrics(("psnr", "ssim"), mean, p.meas.ground_truth)
 
 
+def volume_scores(p: Plan, mean: torch.Tensor) -> dict:
+    """The volume metrics (docs/design.md §9.3) of the mean against the file's ground truth when the
+    selected slices form a volume (module docstring); {} otherwise. MAR: metal pixels zeroed in both."""
+    if p.meas.ground_truth is None or not p.volume:
+        return {}
+    ref = p.meas.ground_truth.to(mean)
+    if p.meas.task == "mar" and "metal_mask" in p.meas.extras:
+        m = torch.as_tensor(np.asarray(p.meas.extras["metal_mask"])).bool().reshape(-1, 1, *mean.shape[-2:])
+        mean, ref = mean.masked_fill(m, 0.0), ref.masked_fill(m, 0.0)
+    return volume_metrics(mean, ref)
+
+
 def write(p: Plan, r: Result) -> list[str]:
     """Write the mean (and the std map beside it) in the output's format; returns what was written."""
     g = p.meas.spec.get("geometry") or {}
     desc = f"scoreinv {p.cfg.name}, {r.estimate}"
+    if p.cfg.coupling != "none":
+        desc += f", {p.cfg.coupling} coupling {p.cfg.ztv_lambda:g}"
     meta = meta_from_source(p.source, p.meas.task, len(p.meas), p.slices,
                                     pixel_size=g.get("pixel_size"), description=desc)
     files = writers.write_volume(p.out, r.mean[:, 0].numpy(), meta, kind="image")
@@ -297,6 +402,8 @@ def summary(p: Plan, r: Result) -> dict:
          "ct_operator": p.ct_operator, "solver": dataclasses.asdict(p.cfg), "samples": p.samples,
          "settings_origin": p.settings.origin, "seed": p.seed, "device": str(p.device),
          "environment": environment(p.device), "estimate": r.estimate, "nfe_per_slice": r.nfe, "seconds": r.seconds,
-         "residual": r.residual.tolist(), "files": r.files}
+         "residual": r.residual.tolist(), "files": r.files, "slice_spacing_mm": p.spacing}
     d["metrics"] = {k: [float(x) for x in v] for k, v in r.metrics.items()}
+    if r.volume:
+        d["volume_metrics"] = {k: (None if math.isnan(v) else v) for k, v in r.volume.items()}   # NaN -> null
     return d

@@ -10,6 +10,11 @@ and the noise record. Task options carry the same names everywhere (`scoreinv si
   N angles over [0, π) for N x N images (docs/design.md §3.1). CT default 23 (the paper's setting),
   MAR default all N views.
 - `acceleration`, `mask` (MRI): undersampling factor R and k-space mask kind (physics.masks).
+- `phase` (MRI): "none" (default: real magnitude images simulated into k-space, as the paper) or
+  "smooth": the image becomes |x| e^{iφ} with a random smooth phase φ (`physics.mri.smooth_phase`),
+  and the solvers and baselines see the phase-corrected operator A' = P(Λ) fft2c diag(e^{iφ̂}) with
+  φ̂ estimated from the fully sampled k-space centre of the data (`physics.mri.PhasedMRI`,
+  docs/design.md §3.5); they reconstruct a real image whose magnitude is scored against |x|.
 - `noise`: CT incident photons per ray (Poisson counts, attenuation of image value 1 =
   `mu_max` per cm; 0 = noise-free); MRI complex Gaussian std relative to the RMS of the
   sampled k-space; MAR photons per ray (0 = the paper's 2e7).
@@ -44,6 +49,7 @@ from .errors import ScoreinvError, check_choice, check_images, check_int, check_
 from .physics.base import LinearOperator
 
 TASKS = ("ct", "mri", "mar")
+MRI_PHASES = ("none", "smooth")
 CT_OPERATORS = ("fourier", "radon")
 DEFAULT_CT_OPERATOR = "radon"
 DEFAULT_CT_VIEWS = 23
@@ -132,18 +138,36 @@ def simulate_ct(x: torch.Tensor, generator: torch.Generator, geometry, upsample:
 
 
 def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equispaced", acceleration: float = 4.0,
-                 center_fraction: float | None = None, coils: int = 1, noise: float = 0.0) -> Simulation:
+                 center_fraction: float | None = None, coils: int = 1, noise: float = 0.0,
+                 phase: str | None = None) -> Simulation:
     """k-space of x (B, 1, H, W): single coil (CartesianMRI) or SENSE with birdcage maps, and
-    complex Gaussian noise of std `noise` x RMS of the sampled k-space."""
+    complex Gaussian noise of std `noise` x RMS of the sampled k-space.
+
+    phase "smooth" (single coil): k-space of |x| e^{iφ}, φ = `smooth_phase` drawn after the mask and
+    before the noise; the operator returned is `PhasedMRI` with the phase estimated from the noisy
+    data's centre (docs/design.md §3.5), and extras["true_phase"] holds φ (B, H, W)."""
     from .physics.masks import make_mask
-    from .physics.mri import CartesianMRI, kspace_rms
+    from .physics.mri import CartesianMRI, estimate_phase, kspace_rms, PhasedMRI, smooth_phase
     from .physics.sense import SenseMRI, birdcage_maps
     shape = tuple(x.shape[-2:])
-    m = make_mask(mask, shape, acceleration, center_fraction, generator=generator)
+    phase = check_choice("--phase", "none" if phase is None else phase, MRI_PHASES)
     coils = check_int("--coils", coils)
-    op = CartesianMRI(m) if coils == 1 else SenseMRI(birdcage_maps(int(coils), shape), m)
-    y = op.forward(x)
+    if phase != "none" and coils != 1:
+        raise ScoreinvError(f"--phase {phase}: a smooth image phase is simulated for single-coil MRI only "
+                            f"(--coils 1), got --coils {coils}")
     check_range("noise (MRI relative standard deviation)", noise, 0.0)
+    m = make_mask(mask, shape, acceleration, center_fraction, generator=generator)
+    op = CartesianMRI(m) if coils == 1 else SenseMRI(birdcage_maps(int(coils), shape), m)
+    extras = {}
+    if phase == "smooth":
+        if float(x.min()) < 0:
+            raise ScoreinvError("--phase smooth: the images are magnitudes and must be >= 0")
+        phi = smooth_phase(x.shape[0], shape, generator, dtype=torch.float64 if x.dtype == torch.float64
+                           else torch.float32)
+        y = PhasedMRI(m, phi).forward(x)
+        extras["true_phase"] = phi
+    else:
+        y = op.forward(x)
     record = {"model": "none", "level": 0.0}
     if noise > 0:
         from .physics.noise import add_complex_gaussian
@@ -152,7 +176,9 @@ def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equis
         record = {"model": "gaussian", "level": float(noise), "sigma": sigma.tolist(),
                   "note": "complex Gaussian on sampled k-space, E|n|^2 = sigma^2, sigma = level x RMS of "
                           "the sampled k-space (per-component std sigma / sqrt(2))"}
-    return Simulation(op, y, record)
+    if phase == "smooth":   # the phase the solvers see comes from the (noisy) data only
+        op = PhasedMRI(m, estimate_phase(y, m))
+    return Simulation(op, y, record, extras)
 
 
 def simulate_mar(x: torch.Tensor, generator: torch.Generator, views: int | None = None,
@@ -188,14 +214,27 @@ class TaskOptions:
     noise: float = 0.0
     ct_operator: str | None = None
     upsample: int | None = None
+    phase: str | None = None          # MRI: None (= "none") or "smooth"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options as stored in eval/tune records. MRI: `phase` only when set, and for random
+        masks the mask rule (exact column count, fastMRI centre 0.32/R since issue 13), so a run
+        resumed across that change is refused instead of mixing masks."""
+        d = dataclasses.asdict(self)
+        if not self.smooth_phase:
+            del d["phase"]
+        if self.task == "mri" and self.mask == "random":
+            d["mask_rule"] = "exact round(W/R) columns, centre fraction 0.32/R"
+        return d
+
+    @property
+    def smooth_phase(self) -> bool:
+        return self.task == "mri" and self.phase == "smooth"
 
     def setting(self) -> str:
         """A short name of the setting, e.g. 'views=23 noise=0 operator=radon'."""
         if self.task == "mri":
-            s = f"R={self.acceleration:g} mask={self.mask}"
+            s = f"R={self.acceleration:g} mask={self.mask}" + (" phase=smooth" if self.smooth_phase else "")
         else:
             s = f"views={self.views if self.views is not None else 'all'}"
         s += f" noise={self.noise:g}"
@@ -204,21 +243,21 @@ class TaskOptions:
     def slug(self) -> str:
         """The setting for file and study names, e.g. 'v23-n0-radon', 'R8-equispaced-n0'."""
         if self.task == "mri":
-            return f"R{self.acceleration:g}-{self.mask}-n{self.noise:g}"
+            return f"R{self.acceleration:g}-{self.mask}-n{self.noise:g}" + ("-phase" if self.smooth_phase else "")
         v = f"v{self.views if self.views is not None else 'all'}-n{self.noise:g}"
         return v + (f"-{self.ct_operator}" if self.task == "ct" else "")
 
 
 def task_options(task: str, views: int | None = None, acceleration: float | None = None, mask: str | None = None,
                  noise: float | None = None, ct_operator: str | None = None,
-                 upsample: int | None = None) -> TaskOptions:
+                 upsample: int | None = None, phase: str | None = None) -> TaskOptions:
     """Validate options for `task` and fill in defaults; an option given for another task raises."""
     from .physics.masks import MASK_KINDS
     check_choice("task", task, TASKS)
     given = {"--views": views, "--acceleration": acceleration, "--mask": mask, "--ct-operator": ct_operator,
-             "--upsample": upsample}
+             "--upsample": upsample, "--phase": phase}
     allowed = {"ct": ("--views", "--ct-operator", "--upsample"), "mar": ("--views",),
-               "mri": ("--acceleration", "--mask")}[task]
+               "mri": ("--acceleration", "--mask", "--phase")}[task]
     wrong = [k for k, v in given.items() if v is not None and k not in allowed]
     if wrong:
         raise ScoreinvError(f"{', '.join(wrong)} do(es) not apply to task {task!r}; its options are "
@@ -229,7 +268,8 @@ def task_options(task: str, views: int | None = None, acceleration: float | None
     if task == "mri":
         acceleration = check_range("--acceleration", 4.0 if acceleration is None else acceleration, 1.0)
         mask = check_choice("--mask", "equispaced" if mask is None else mask, MASK_KINDS)
-        return TaskOptions(task, None, float(acceleration), mask, noise)
+        phase = check_choice("--phase", "none" if phase is None else phase, MRI_PHASES)
+        return TaskOptions(task, None, float(acceleration), mask, noise, phase=None if phase == "none" else phase)
     if task == "ct":
         views = DEFAULT_CT_VIEWS if views is None else int(views)
         ct_operator = check_choice("--ct-operator", ct_operator or DEFAULT_CT_OPERATOR, CT_OPERATORS)
@@ -290,8 +330,9 @@ def build_problem(x: torch.Tensor, options: TaskOptions, generator: torch.Genera
             y = sim.y
         return Problem(options, x, op, y, sim.op, sim.y, sim.op.fbp(sim.y), "FBP", sim.noise)
     if options.task == "mri":
-        sim = simulate_mri(x, generator, options.mask, options.acceleration, noise=options.noise)
-        return Problem(options, x, sim.op, sim.y, sim.op, sim.y, sim.op.adjoint(sim.y), "zero-filled", sim.noise)
+        sim = simulate_mri(x, generator, options.mask, options.acceleration, noise=options.noise, phase=options.phase)
+        return Problem(options, x, sim.op, sim.y, sim.op, sim.y, sim.op.adjoint(sim.y), "zero-filled", sim.noise,
+                       sim.extras)
     sim = simulate_mar(x, generator, options.views, noise=options.noise)
     ex = {k: sim.extras[k] for k in ("metal_mask", "metal_trace", "li_image", "artifact_image")}
     return Problem(options, x, sim.op, sim.y, sim.op, sim.y, sim.extras["artifact_image"], "metal-artifact FBP",
@@ -300,7 +341,11 @@ def build_problem(x: torch.Tensor, options: TaskOptions, generator: torch.Genera
 
 def repeat_operator(op: LinearOperator, k: int) -> LinearOperator:
     """The operator for a batch repeated k times along dim 0 (y.repeat(k, ...)): per-sample
-    masks (MAR's keep of shape (B, V, D)) are repeated; shared operators are returned as they are."""
+    masks (MAR's keep of shape (B, V, D)) and phases (PhasedMRI) are repeated; shared operators are
+    returned as they are."""
+    from .physics.mri import PhasedMRI
+    if isinstance(op, PhasedMRI):
+        return op.repeat(k)
     keep = getattr(op, "keep", None)
     if k == 1 or keep is None or keep.ndim != 3:
         return op
@@ -310,7 +355,10 @@ def repeat_operator(op: LinearOperator, k: int) -> LinearOperator:
 
 def slice_operator(op: LinearOperator, sl: slice) -> LinearOperator:
     """The operator of samples `sl` of a batch: per-sample masks (MAR's keep of shape (B, V, D))
-    are sliced; shared operators are returned as they are."""
+    and phases (PhasedMRI) are sliced; shared operators are returned as they are."""
+    from .physics.mri import PhasedMRI
+    if isinstance(op, PhasedMRI):
+        return op.select(sl)
     keep = getattr(op, "keep", None)
     if keep is None or keep.ndim != 3:
         return op
@@ -318,6 +366,6 @@ def slice_operator(op: LinearOperator, sl: slice) -> LinearOperator:
     return MarOperator(op.ct, keep[sl])
 
 
-__all__ = ["TASKS", "CT_OPERATORS", "DEFAULT_CT_OPERATOR", "DEFAULT_CT_VIEWS", "ct_geometry", "ct_operator",
-           "project_fine", "Simulation", "simulate_ct", "simulate_mri", "simulate_mar", "TaskOptions",
+__all__ = ["TASKS", "MRI_PHASES", "CT_OPERATORS", "DEFAULT_CT_OPERATOR", "DEFAULT_CT_VIEWS", "ct_geometry",
+           "ct_operator", "project_fine", "Simulation", "simulate_ct", "simulate_mri", "simulate_mar", "TaskOptions",
            "task_options", "Problem", "build_problem", "repeat_operator", "slice_operator"]

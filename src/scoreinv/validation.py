@@ -44,9 +44,10 @@ SOLVER_SEED = 11           # dds noise
 
 
 def recon_task(setting: str, dataset: str) -> str:
-    """`val.recon_task` resolved: auto -> mri for brain data (brain, mri-real), else ct."""
+    """`val.recon_task` resolved: auto -> mri for brain data (data.registry.MRI_DATASETS), else ct."""
     if setting == "auto":
-        return "mri" if dataset in ("brain", "mri-real") else "ct"
+        from .data.registry import MRI_DATASETS
+        return "mri" if dataset in MRI_DATASETS else "ct"
     return setting
 
 

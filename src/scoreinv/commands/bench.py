@@ -23,8 +23,9 @@ HELP = """Benchmarks measured side by side in one run, printed as `key: value` l
   in the same run, and the chosen variant, cached for `scoreinv train` (unless --no-save);
 - physics: CT projector and FBP against ASTRA and scikit-image on a --size x --size Shepp-Logan
   phantom, 180 parallel-beam views (default 256);
-- sampler: time outside the network in the projection solver (64x64, --batch-size images, --steps
-  noise levels, CT and MRI);
+- sampler: seconds per image and the time outside the network in a solver (--solver, default
+  projection; the checkpoint's shipped preset) at the model's image size, --batch-size images,
+  --steps noise levels, CT (23 views, --ct-operator) and MRI 8x (--tasks);
 - peers (only when named; needs deepinv: `make bench-peers` installs it in .venv-peers and runs
   this): deepinv 0.5's DiffPIR, DDRM and DPS with our shipped prior as their denoiser, on our test
   images and our exact measurements (the hashes printed), against our solvers with the shipped
@@ -36,6 +37,7 @@ HELP = """Benchmarks measured side by side in one run, printed as `key: value` l
   scoreinv bench train --seconds 3
   scoreinv bench physics --size 128
   scoreinv bench sampler --checkpoint ct64 --steps 10
+  scoreinv bench sampler --checkpoint ct256 --solver diffpir --steps 50 --batch-size 1 --tasks ct
   scoreinv bench peers --images 2 --nfe 50 --settings mri
 """
 
@@ -58,6 +60,10 @@ def register(sub):
                    "(~/.cache/scoreinv/train_probe.json) that `scoreinv train` reads")
     p.add_argument("--size", type=int, default=256, help="physics: image size N of the N x N phantom (default 256)")
     p.add_argument("--steps", type=int, default=20, help="sampler: noise levels (default 20)")
+    p.add_argument("--solver", default="projection", help="sampler: solver (default projection)")
+    p.add_argument("--ct-operator", default="fourier", help="sampler: CT operator, fourier or radon (default "
+                   "fourier)")
+    p.add_argument("--tasks", default="ct,mri", help="sampler: tasks, comma-separated (ct, mri; default both)")
     p.add_argument("--images", type=int, default=bench_peers.DEFAULT_IMAGES,
                    help=f"peers: test images per setting (default {bench_peers.DEFAULT_IMAGES})")
     p.add_argument("--nfe", default=",".join(map(str, bench_peers.DEFAULT_NFE)),
@@ -90,7 +96,9 @@ def run(args) -> int:
                 print("astra: NOT AVAILABLE (the `astra` module could not be imported); no ASTRA numbers reported")
             emit(res, part)
         elif part == "sampler":
-            emit(bench_sampler(batch=args.batch_size or 8, steps=args.steps, checkpoint=args.checkpoint), part)
+            emit(bench_sampler(batch=args.batch_size or 8, steps=args.steps, checkpoint=args.checkpoint,
+                               solver=args.solver, ct_operator=args.ct_operator,
+                               tasks=[t.strip() for t in args.tasks.split(",") if t.strip()]), part)
         else:
             if args.threads is not None:
                 torch.set_num_threads(args.threads)

@@ -13,6 +13,7 @@ from ..data import BUILTIN_DATASETS, DESCRIPTIONS, build_dataset
 from ..data import fetch as fetching
 from ..data.folder import check_fractions
 from ..data.readers import skipped_line
+from ..data.registry import MRI_DATASETS
 from ..errors import ScoreinvError, check_int
 from ..imaging import save_grid
 from ..physics.mar_spectra import HU_MAX, HU_MIN
@@ -28,8 +29,9 @@ HELP = """Inspect training data: what would be loaded, and how it would be split
 PATH is a folder or a file (DICOM series, NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, InVesalius .inv3,
 fastMRI HDF5 .h5, PNG/TIFF/JPEG, NumPy .npy/.npz), or a built-in dataset: phantoms (textured CT
 phantoms), ellipses (plain CT phantoms), brain (MNI152 template slices), ct-real (real CT of 3
-patients) or mri-real (real brain MRI of 2 patients), the last two fetched once with `scoreinv
-data fetch` and split by patient into fixed slabs (the table shows the slice numbers). A local
+patients), mri-real (real brain MRI of 2 patients), the last two fetched once with `scoreinv
+data fetch` and split by patient into fixed slabs (the table shows the slice numbers), or mri-mix
+(template slices and mri-real's brain1 for training, docs/data.md). A local
 folder with one of these names must be written with a path (./phantoms).
 
 For files it lists the volumes found (name, kind, shape (D, H, W), HU or not, split), the
@@ -68,7 +70,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     q = sub.add_parser("inspect", help="print the volumes, slices and splits a dataset spec would load",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("path", metavar="PATH", help="folder, file, or built-in name (phantoms, ellipses, brain, "
-                   "ct-real, mri-real)")
+                   "ct-real, mri-real, mri-mix)")
     q.add_argument("--size", type=int, default=64, help="model image size S: slices become S x S (default 64)")
     q.add_argument("--split", choices=("train", "val", "test", "all"), default="train",
                    help="split to describe in detail (default train; 'all' for folders only)")
@@ -122,7 +124,7 @@ def _options(args) -> dict:
         if given:
             raise ScoreinvError(f"option(s) {', '.join(given)} apply to files only, not to {args.path}")
         opts = {k: v for k, v in opts.items() if k in ("hu_min", "hu_max")}
-        if args.path in ("brain", "mri-real") and (args.hu_min is not None or args.hu_max is not None):
+        if args.path in MRI_DATASETS and (args.hu_min is not None or args.hu_max is not None):
             raise ScoreinvError(f"--hu-min/--hu-max apply to CT data, not to {args.path}")
         if args.path == "ct-real" and (args.hu_min is not None or args.hu_max is not None):
             raise ScoreinvError("--hu-min/--hu-max: ct-real always uses the reference window "

@@ -70,6 +70,9 @@ def add_task_arguments(p: argparse.ArgumentParser, model_optional: bool = True) 
                    f"dense angles over 180 degrees (default: CT {DEFAULT_CT_VIEWS}, MAR all N)")
     t.add_argument("--acceleration", type=float, help="MRI: undersampling factor R (default 4)")
     t.add_argument("--mask", help=f"MRI: k-space mask kind, one of {', '.join(MASK_KINDS)} (default equispaced)")
+    t.add_argument("--phase", choices=("none", "smooth"), default=None,
+                   help="MRI: image phase: none (magnitude images, the paper's) or smooth (a random smooth phase; "
+                        "the solvers see the phase estimated from the k-space centre, docs/design.md §3.5)")
     t.add_argument("--noise", type=float, help="CT: incident photons per ray (Poisson; default 0 = noise-free); "
                    "MRI: complex Gaussian std relative to the k-space RMS (default 0); MAR: photons per ray "
                    "(default 0 = the paper's 2e7)")
@@ -90,7 +93,8 @@ def add_task_arguments(p: argparse.ArgumentParser, model_optional: bool = True) 
 def task_options_from_args(args):
     from ..tasks import task_options
     return task_options(args.task, views=args.views, acceleration=args.acceleration, mask=args.mask,
-                        noise=args.noise, ct_operator=args.ct_operator, upsample=args.upsample)
+                        noise=args.noise, ct_operator=args.ct_operator, upsample=args.upsample,
+                        phase=args.phase)
 
 
 def load_model(args, needed: bool):

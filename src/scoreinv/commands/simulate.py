@@ -22,6 +22,7 @@ from ..data.readers import read_volume, skipped_line
 from ..errors import ScoreinvError, check_finite, check_int, check_range
 from ..physics.mar_spectra import HU_MAX, HU_MIN
 from ..physics.masks import make_mask
+from ..physics.mri import MIN_CENTRE, centre_box
 from ..physics.measurements import save_measurements
 from ..source_record import describe_source
 
@@ -37,7 +38,9 @@ Images are scaled to [0, 1] first (--intensity): DICOM CT in HU maps [-1024, 320
 are simulated slice by slice. Noise (--noise): CT = incident photons per ray (Poisson,
 attenuation of image value 1 = --mu-max per cm); MRI = complex Gaussian standard deviation
 relative to the RMS magnitude of the sampled k-space; MAR = photons per ray (default 2e7, as
-the paper). For MAR, images already in the paper's HU window (PNG slices) need --intensity none. CT is simulated without the inverse crime: the image is upsampled --upsample times
+the paper). MRI --phase smooth gives each image a random smooth phase (|x| e^{i phi}) and stores
+the operator with the phase estimated from the fully sampled k-space centre, which `reconstruct`
+uses (docs/design.md §3.5). For MAR, images already in the paper's HU window (PNG slices) need --intensity none. CT is simulated without the inverse crime: the image is upsampled --upsample times
 and projected with a finer grid of the same physical geometry.
 """
 
@@ -80,7 +83,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     mri.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor R (default 4)")
     mri.add_argument("--mask", default="equispaced", choices=("equispaced", "random", "variable_density", "radial"),
                      help="k-space mask kind (default equispaced, the paper's)")
-    mri.add_argument("--center-fraction", type=float, help="fully sampled centre fraction (random, variable_density)")
+    mri.add_argument("--center-fraction", type=float, help="fully sampled centre fraction (random: default 0.32/R, "
+                     "fastMRI's 0.08 at 4x and 0.04 at 8x; variable_density: default 0.04)")
+    mri.add_argument("--phase", choices=("none", "smooth"), default="none",
+                     help="image phase: none (real magnitude images, the paper's) or smooth (a random smooth phase "
+                          "up to pi; the solvers see the phase estimated from the k-space centre; single coil)")
     mri.add_argument("--coils", type=int, default=1, help="receiver coils: 1 = single coil, >1 = SENSE with "
                      "synthetic birdcage maps (default 1)")
     mar = p.add_argument_group("MAR")
@@ -137,6 +144,11 @@ def check_options(args) -> None:
         check_range("--acceleration", args.acceleration, 1.0)
         if args.center_fraction is not None:
             check_range("--center-fraction", args.center_fraction, 0.0, 1.0)
+        if args.phase == "smooth" and args.coils != 1:
+            raise ScoreinvError(f"--phase smooth: simulated for single-coil MRI only (--coils 1), "
+                                f"got --coils {args.coils}")
+    elif args.phase != "none":
+        raise ScoreinvError(f"--phase applies to --task mri, not to --task {args.task}")
     if args.task == "mar":
         fixed = [o for o, v in (("--fan", args.fan), ("--detectors", args.detectors),
                                 ("--det-spacing", args.det_spacing), ("--dense-views", args.dense_views)) if v]
@@ -152,9 +164,14 @@ def check_geometry(args, n: int) -> None:
         check_int("--views", args.views, 1, dense)
     if args.task == "mri":
         try:
-            make_mask(args.mask, (n, n), args.acceleration, args.center_fraction, seed=0)
+            m = make_mask(args.mask, (n, n), args.acceleration, args.center_fraction, seed=0)
         except ScoreinvError as e:
             raise ScoreinvError(f"--acceleration/--mask: {e}") from None
+        if args.phase == "smooth" and min(centre_box(m)) < MIN_CENTRE:
+            raise ScoreinvError(f"--phase smooth: the {args.mask} mask at {args.acceleration:g}x samples a fully "
+                                f"sampled k-space centre of {'x'.join(map(str, centre_box(m)))} lines; the phase "
+                                f"estimate needs at least {MIN_CENTRE} each way (a random or equispaced mask, a "
+                                "larger --center-fraction or a lower --acceleration)")
 
 
 def simulate_ct(args, x: torch.Tensor, g: torch.Generator):
@@ -166,7 +183,8 @@ def simulate_ct(args, x: torch.Tensor, g: torch.Generator):
 
 def simulate_mri(args, x: torch.Tensor, g: torch.Generator):
     """k-space of x (N, 1, H, W): single coil (CartesianMRI) or SENSE with birdcage maps."""
-    return tasks.simulate_mri(x, g, args.mask, args.acceleration, args.center_fraction, args.coils, args.noise)
+    return tasks.simulate_mri(x, g, args.mask, args.acceleration, args.center_fraction, args.coils, args.noise,
+                              args.phase)
 
 
 def simulate_mar_task(args, x: torch.Tensor, g: torch.Generator):

@@ -181,3 +181,95 @@ class Subset(SliceDataset):
 
     def describe(self) -> dict:
         return {**self.base.describe(), "picked": list(self.indices)}
+
+
+class MixedDataset(SliceDataset):
+    """Several datasets of one image size as one: a training mixture and a concatenated fixed set.
+
+    parts: [(name, dataset)] of the same split and size S; weights: the probability that an image
+    of a random batch comes from each part (normalised to sum 1).
+
+    - `sample_batch(B, g)`: each image's part drawn from `weights` (one multinomial draw from g),
+      then each part's images by the part's own `sample_batch` with the same g, in part order,
+      put back in the drawn positions; reproducible for a seeded g.
+    - `len`, `ds[i]`: the concatenation of the parts' fixed images, in part order.
+    - `validation_indices(n)`: the parts' picks interleaved (part 0 first, then part 1, ...; each
+      part's own `validation_indices` where it has one, else its first images), so every prefix of
+      the validation images (the reconstruction images are the first few) covers every part.
+    - `shard`: each part sharded (ranks see disjoint shares of every part).
+    """
+
+    def __init__(self, name: str, parts, weights, kind: str = "mixture"):
+        parts = list(parts)
+        if len(parts) < 2:
+            raise ScoreinvError(f"{name}: a mixture needs at least two datasets, got {len(parts)}")
+        sizes = {ds.image_size for _, ds in parts}
+        splits = {ds.split for _, ds in parts}
+        if len(sizes) != 1 or len(splits) != 1:
+            raise ScoreinvError(f"{name}: the parts must share one image size and split, got sizes {sorted(sizes)} "
+                                f"and splits {sorted(splits)}")
+        w = [float(v) for v in weights]
+        if len(w) != len(parts) or not all(np.isfinite(v) and v >= 0 for v in w) or sum(w) <= 0:
+            raise ScoreinvError(f"{name}: weights {list(weights)!r}; expected {len(parts)} finite values >= 0, "
+                                "not all 0")
+        self.name, self.kind, self.parts = name, kind, parts
+        self.weights = [v / sum(w) for v in w]
+        self.split, self.image_size = splits.pop(), sizes.pop()
+        self._offsets = np.cumsum([0] + [len(ds) for _, ds in parts]).tolist()
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(part, index within the part) of image i of the concatenation."""
+        k = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return k, i - self._offsets[k]
+
+    def _item(self, i: int) -> torch.Tensor:
+        k, j = self.locate(i)
+        return self.parts[k][1][j]
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        b, g = check_batch_size(batch_size), check_generator(generator)
+        probs = torch.tensor(self.weights, dtype=torch.float64, device=g.device)
+        which = torch.multinomial(probs, b, replacement=True, generator=g).cpu()
+        out = None
+        for k, (_, ds) in enumerate(self.parts):
+            pos = (which == k).nonzero().flatten()
+            if pos.numel() == 0:
+                continue
+            x = ds.sample_batch(int(pos.numel()), g)
+            if out is None:
+                out = torch.empty((b, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            out[pos.to(x.device)] = x
+        return out
+
+    def validation_indices(self, n: int) -> list[int]:
+        n = check_int("n", n)
+        picks = []
+        for k, (_, ds) in enumerate(self.parts):
+            m = min(n, len(ds))
+            own = getattr(ds, "validation_indices", None)
+            idx = list(own(m)) if own is not None else list(range(m))
+            picks.append([self._offsets[k] + j for j in idx])
+        out = [p[j] for j in range(max(map(len, picks))) for p in picks if j < len(p)]
+        return out[:n]
+
+    def shard(self, rank: int, world_size: int) -> "MixedDataset":
+        rank, world_size = check_shard(rank, world_size)
+        return MixedDataset(self.name, [(nm, ds.shard(rank, world_size)) for nm, ds in self.parts], self.weights,
+                            self.kind)
+
+    def describe(self) -> dict:
+        parts = []
+        for (nm, ds), w in zip(self.parts, self.weights):
+            d = ds.describe()
+            size = d["sizes"]["train"] if d.get("infinite_stream") else f"{len(ds)} image(s)"
+            px = d.get("pixel_mm")
+            px = f", pixel {min(px):.4g} mm" if isinstance(px, (list, tuple)) else (
+                f", pixel {px:.4g} mm" if isinstance(px, (int, float)) else "")
+            parts.append(f"{nm} ({d['kind']}{px}): {size}, weight {w:.3g}")
+        return {"name": self.name, "kind": self.kind, "split": self.split, "image_size": self.image_size,
+                "images": len(self), "parts": "; ".join(parts),
+                "sampling": "each image of a random batch from a part drawn by weight; fixed images: the "
+                            "parts concatenated in this order"}

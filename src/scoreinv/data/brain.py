@@ -17,6 +17,13 @@ One template is one brain, so each image is made diverse:
 - a smooth multiplicative bias field exp(b(x, y)) and slight Rician noise;
 - per-slice min-max scaling to [0, 1].
 
+Pixel size: the template is cropped to a square of N = 193 pixels around the brain (1 mm each;
+`template_maps`). An image size S > N keeps the template's native 1 mm grid: the crop sits
+unresampled in the centre of an S x S canvas of S mm (at S = 256 a 256 mm field of view, the
+brain about 181 x 145 pixels), so with the geometric augmentations off a slice is the template's
+pixels exactly. S <= N fits the crop into the image as before (pixels of N / S mm: 3.0 mm at 64,
+1.5 mm at 128), area-prefiltered when N > 2 S. `template_pixel_mm(S)` gives the pixel side.
+
 Held-out slices are far from training slices: axial planes are drawn from slabs of template
 z indices (axis 2 of the 1 mm grid, inclusive bounds; z = 0 is MNI z = -72 mm):
 
@@ -126,6 +133,24 @@ def _volume(size: int, device: str) -> torch.Tensor:
     return v.transpose(0, 1).contiguous().to(device)
 
 
+def template_pixel_mm(size: int) -> float:
+    """The pixel side (mm) of brain images of size S: 1 (the template's grid) for S > N, else N / S
+    (module docstring; N = the crop side of `template_maps`)."""
+    n = template_maps().shape[-1]
+    return 1.0 if size > n else n / size
+
+
+def canvas_coords(size: int, n: int, device=None) -> torch.Tensor:
+    """(S,) positions, in grid_sample's normalised coordinates of an n-pixel source (align_corners
+    False), of the centres of S output pixels: the source stretched over the image for S <= n, else
+    the source's own grid, centred (on whole pixels: shifted by half a pixel when S − n is odd), so
+    that output pixel i samples source pixel i − ⌊(S − n)/2⌋ exactly."""
+    c = (2 * torch.arange(size, device=device, dtype=torch.float32) + 1) / size - 1
+    if size > n:
+        c = c * (size / n) + ((size - n) % 2) / n
+    return c
+
+
 def slab_slices(split: str) -> list[int]:
     """All template z indices a split may read (inclusive slabs)."""
     return [z for lo, hi in SLABS[split] for z in range(lo, hi + 1)]
@@ -161,7 +186,8 @@ class BrainDataset(ProceduralDataset):
     def options(self) -> dict:
         return {"contrasts": list(self.contrasts), "deform": self.deform, "noise": self.noise,
                 "bias": self.bias, "slabs": {k: [list(s) for s in v] for k, v in SLABS.items()},
-                "slab_gap": SLAB_GAP, "template": "MNI152 2009 (nilearn package data), axial, 1 mm"}
+                "slab_gap": SLAB_GAP, "template": "MNI152 2009 (nilearn package data), axial, 1 mm",
+                "pixel_mm": round(template_pixel_mm(self.image_size), 4)}
 
     def planes(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Axial planes of a batch: template slice k0 (B,) and weight f (B,) of slice k0 + 1;
@@ -196,7 +222,7 @@ class BrainDataset(ProceduralDataset):
         zoom = 1 + u(-0.1, 0.1) * d
         shift = u(-0.05, 0.05, B, 2) * d
         flip = torch.where(torch.rand(B, generator=g, device=dev) < 0.5 * min(d, 1.0), -1.0, 1.0)
-        c = (2 * torch.arange(S, device=dev, dtype=torch.float32) + 1) / S - 1
+        c = canvas_coords(S, n, dev)                                        # native 1 mm grid for S > N
         yo, xo = torch.meshgrid(c, c, indexing="ij")
         cs, sn = (torch.cos(ang) / zoom).view(B, 1, 1), (torch.sin(ang) / zoom).view(B, 1, 1)
         xs = (cs * xo - sn * yo) * flip.view(B, 1, 1) + shift[:, 0].view(B, 1, 1)

@@ -1,7 +1,7 @@
 """build_dataset: the one entry point from a dataset spec to a dataset object.
 
-    build_dataset("phantoms" | "ellipses" | "brain" | "ct-real" | "mri-real" | PATH, split, image_size,
-                  seed=0, **options)
+    build_dataset("phantoms" | "ellipses" | "brain" | "ct-real" | "mri-real" | "mri-mix" | PATH, split,
+                  image_size, seed=0, **options)
 
 Options are checked against the chosen dataset's own list (OPTIONS); an unknown option, an
 unknown name that is not an existing path, or an empty split raises ScoreinvError. The generic
@@ -18,15 +18,18 @@ from ..errors import ScoreinvError
 from ..physics.mar_spectra import HU_MAX, HU_MIN
 from .base import SliceDataset
 
-BUILTIN_DATASETS = ("phantoms", "ellipses", "brain", "ct-real", "mri-real")
+BUILTIN_DATASETS = ("phantoms", "ellipses", "brain", "ct-real", "mri-real", "mri-mix")
 REAL_DATASETS = ("ct-real", "mri-real")      # fetched once with `scoreinv data fetch NAME` (realdata, fetch)
+MRI_DATASETS = ("brain", "mri-real", "mri-mix")   # brain MRI: validation reconstructs MRI for these
 _PROC = ("n_train", "n_val", "n_test")
+MRI_MIX_REAL_FRACTION = 0.5     # share of mri-mix training images from brain1 (docs/data.md, "mri-mix")
 OPTIONS = {
     "phantoms": ("hu_min", "hu_max", "antialias", *_PROC),
     "ellipses": ("hu_min", "hu_max", "antialias", *_PROC),
     "brain": ("contrasts", "deform", "noise", "bias", *_PROC),
     "ct-real": (),
     "mri-real": (),
+    "mri-mix": ("real_fraction", "contrasts", "deform", "noise", "bias", *_PROC),
     "folder": ("axis", "normalize", "hu_min", "hu_max", "fractions", "fit", "split_by", "cache_mb",
                "h5_key", "npz_key"),
 }
@@ -38,6 +41,8 @@ DESCRIPTIONS = {
                "[-1024, 3200]; fetched with `scoreinv data fetch ct-real`",
     "mri-real": "real T1-weighted brain MRI after contrast: brain1 (train/val), brain2 (test); fetched with "
                 "`scoreinv data fetch mri-real`",
+    "mri-mix": "brain MRI mixture: mri-real (brain1 train/val, brain2 test) and brain (MNI152 template slices, "
+               f"native 1 mm grid at 256); training batches {MRI_MIX_REAL_FRACTION:.0%} real",
 }
 
 
@@ -63,7 +68,8 @@ def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -
 
     spec: "phantoms" (textured CT phantoms), "ellipses" (plain CT phantoms), "brain" (MNI152
     slices), "ct-real" / "mri-real" (real scans fetched by `scoreinv data fetch`; see realdata),
-    or a folder/file path. split: "train" | "val" | "test" | "all" ("all" for paths only).
+    "mri-mix" (`mri_mix`), or a folder/file path. split: "train" | "val" | "test" | "all" ("all"
+    for paths only).
     """
     options = {k: v for k, v in options.items() if v is not None}
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
@@ -71,6 +77,8 @@ def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -
         if spec in REAL_DATASETS:
             from .realdata import RealDataset
             return RealDataset(spec, split, image_size, seed)
+        if spec == "mri-mix":
+            return mri_mix(split, image_size, seed, **options)
         if spec == "brain":
             from .brain import BrainDataset
             return BrainDataset(split, image_size, seed, **options)
@@ -84,3 +92,28 @@ def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -
     _check_options("folder", options)
     from .folder import FolderDataset
     return FolderDataset(spec, split, image_size, seed, **options)
+
+
+def mri_mix(split: str, image_size: int, seed: int = 0, real_fraction: float = MRI_MIX_REAL_FRACTION,
+            **brain_options) -> SliceDataset:
+    """The `mri-mix` dataset (docs/data.md): real brain MRI (`mri-real`: brain1 for train and val,
+    brain2 for test) and MNI152 template slices (`brain`, same split: its training slabs, its
+    validation slab, its held-out test slab) as one `base.MixedDataset`, real part first.
+
+    Training batches draw each image from the real part with probability `real_fraction` (default
+    0.5) and from the template stream otherwise; the val and test splits are the two parts' fixed
+    images concatenated (real first). `brain_options` (contrasts, deform, noise, bias, n_train,
+    n_val, n_test) go to the template part.
+    """
+    from .base import MixedDataset
+    from .brain import BrainDataset
+    from .realdata import RealDataset
+    if isinstance(real_fraction, bool) or not isinstance(real_fraction, (int, float)) \
+            or not 0.0 <= real_fraction <= 1.0:
+        raise ScoreinvError(f"mri-mix: real_fraction must be a number in [0, 1], got {real_fraction!r}")
+    real = RealDataset("mri-real", split, image_size, seed)
+    template = BrainDataset(split, image_size, seed, **brain_options)
+    return MixedDataset("mri-mix", [("mri-real brain1" if split != "test" else "mri-real brain2", real),
+                                    ("brain template", template)],
+                        [float(real_fraction), 1.0 - float(real_fraction)],
+                        kind="real brain MRI + MNI152 template slices")

@@ -3,8 +3,10 @@
 - `equispaced_mask`: the reference implementation's column mask: a centre band of
   round(W · n_keep / 1000) columns plus equispaced columns at an adjusted step, about n_keep
   columns in all (240 columns: n_keep 10 -> 10, 30 -> 31, 60 -> 60).
-- `random_mask`: fastMRI-style random columns (fully sampled centre band, each other column
-  kept with the probability that gives the requested acceleration on average).
+- `random_mask`: fastMRI-style random columns: a fully sampled centre band of
+  round(W · center_fraction) columns (fastMRI's pairs by default: 0.08 at 4x, 0.04 at 8x, i.e.
+  center_fraction = 0.32 / R, `fastmri_center_fraction`) plus columns drawn uniformly without
+  replacement from the others, so that exactly round(W / R) columns are sampled.
 - `variable_density_mask`: 2-D random points drawn without replacement from a Gaussian
   density centred on DC plus a fully sampled calibration square; exactly round(H·W/R) points.
 - `radial_mask`: equally spaced radial spokes (lines through DC) rasterised on the grid,
@@ -71,27 +73,45 @@ def equispaced_mask(shape, n_keep: int) -> torch.Tensor:
     return mask.reshape(1, w).expand(h, w).clone()
 
 
-def random_mask(shape, acceleration: float, center_fraction: float = 0.08, seed: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """fastMRI-style random column mask, (H, W) bool.
+FASTMRI_CENTER_PRODUCT = 0.32   # fastMRI's (center fraction, acceleration) pairs (0.08, 4) and (0.04, 8)
 
-    round(W · center_fraction) centre columns are always kept; every other column is kept with
-    probability (W/R − n_centre) / (W − n_centre), so the expected acceleration is R.
+
+def fastmri_center_fraction(acceleration: float) -> float:
+    """The fastMRI convention's fully sampled centre fraction for acceleration R: 0.08 at 4x, 0.04 at
+    8x, and 0.32 / R (the product both pairs share) at any other R."""
+    return FASTMRI_CENTER_PRODUCT / check_range("acceleration", acceleration, 1.0, None)
+
+
+def random_mask(shape, acceleration: float, center_fraction: float | None = None, seed: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """fastMRI-style random column mask, (H, W) bool, exactly round(W / R) columns sampled.
+
+    n_c = round(W · center_fraction) centre columns, starting at (W − n_c + 1)//2 (fastMRI's
+    placement; DC, column W//2, is among them), are always kept (center_fraction default
+    `fastmri_center_fraction(R)`); the other round(W / R) − n_c columns are drawn uniformly without
+    replacement from the remaining W − n_c. Raises if the centre band is empty (nothing to
+    calibrate on) or alone exceeds W / R columns.
     """
     h, w = _check_shape(shape)
     r = check_range("acceleration", acceleration, 1.0, None)
-    cf = check_range("center_fraction", center_fraction, 0.0, 1.0)
+    cf = check_range("center_fraction", fastmri_center_fraction(r) if center_fraction is None else center_fraction,
+                     0.0, 1.0)
+    n_total = max(1, int(round(w / r)))
     n_low = int(round(w * cf))
-    if n_low > w / r:
+    if n_low < 1:
+        raise ScoreinvError(f"random mask: center_fraction {cf:g} of {w} columns leaves no fully sampled centre "
+                            f"column (round({w} x {cf:g}) = 0); raise center_fraction or lower the acceleration "
+                            f"(R = {r:g})")
+    if n_low > n_total:
         raise ScoreinvError(f"random mask: the centre band ({n_low} columns, center_fraction {cf:g}) alone "
                             f"exceeds W/R = {w / r:.1f} columns; lower center_fraction or acceleration")
     g = _generator(seed, generator)
-    prob = (w / r - n_low) / max(w - n_low, 1)
-    cols = torch.rand(w, generator=g, device=g.device).cpu() < prob
+    cols = torch.zeros(w, dtype=torch.bool)
     pad = (w - n_low + 1) // 2
     cols[pad:pad + n_low] = True
-    if not bool(cols.any()):
-        cols[w // 2] = True
+    rest = (~cols).nonzero().flatten()
+    pick = torch.randperm(rest.numel(), generator=g, device=g.device).cpu()[:n_total - n_low]
+    cols[rest[pick]] = True
     return cols.reshape(1, w).expand(h, w).clone()
 
 
@@ -170,7 +190,8 @@ def make_mask(kind: str, shape, acceleration: float, center_fraction: float | No
     """Build a (H, W) bool k-space mask of `kind` in MASK_KINDS at acceleration R.
 
     equispaced: the reference's mask with n_keep = round(W / R) (R = 24, 8, 4 at W = 240 give
-    10, 31, 60 columns); random: fastMRI columns (center_fraction default 0.08);
+    10, 31, 60 columns; R = 8, 4 at W = 256 give 32, 64 with centre bands of 8, 16); random:
+    fastMRI columns, exactly round(W / R) (center_fraction default 0.32 / R: 0.08 at 4x, 0.04 at 8x);
     variable_density: 2-D Gaussian density (center_fraction default 0.04); radial: spokes.
     """
     check_choice("mask kind", kind, MASK_KINDS)
@@ -183,7 +204,7 @@ def make_mask(kind: str, shape, acceleration: float, center_fraction: float | No
     if kind == "equispaced":
         return equispaced_mask((h, w), max(1, int(round(w / r))))
     if kind == "random":
-        return random_mask((h, w), r, 0.08 if center_fraction is None else center_fraction, seed, generator)
+        return random_mask((h, w), r, center_fraction, seed, generator)
     if kind == "variable_density":
         return variable_density_mask((h, w), r, 0.04 if center_fraction is None else center_fraction,
                                      seed=seed, generator=generator)

@@ -6,11 +6,11 @@ Format version 1 (numpy .npz, compressed, written atomically; no pickled objects
 |---|---|
 | format_version | int, 1 |
 | task | str: ct, mri or mar |
-| operator | JSON str: {"kind": one of OPERATOR_KINDS (cartesian_mri, sense_mri, ct, fourier_slice_ct, mar_ct), ...parameters; CT: "geometry": {kind parallel/fan, n, pixel_size (mm), n_det, det_spacing (mm), center, fan: source_distance, detector_distance, detector}} |
+| operator | JSON str: {"kind": one of OPERATOR_KINDS (cartesian_mri, sense_mri, phased_mri, ct, fourier_slice_ct, mar_ct), ...parameters; CT: "geometry": {kind parallel/fan, n, pixel_size (mm), n_det, det_spacing (mm), center, fan: source_distance, detector_distance, detector}} |
 | measurements | (N, *meas_shape) float32 (CT, MAR) or complex64 (MRI), one row per slice |
 | image_size | int (2,): (H, W) of the images |
 | noise | JSON str: {"model": "none" / "poisson" / "gaussian", "level": float, ...} |
-| op_<name> | arrays the operator needs: op_mask (MRI k-space mask), op_coil_maps (SENSE), op_angles (CT), op_keep (MAR: sinogram entries off the metal trace, (N, V, D)) |
+| op_<name> | arrays the operator needs: op_mask (MRI k-space mask), op_coil_maps (SENSE), op_phase (phased_mri: the phase estimated from each slice's k-space centre, (N, H, W) radians), op_angles (CT), op_keep (MAR: sinogram entries off the metal trace, (N, V, D)) |
 | ground_truth | optional (N, 1, H, W) float32 images in [0, 1] (simulated data) |
 | extra_<name> | optional arrays (e.g. MAR: extra_metal_mask, extra_metal_trace, extra_artifact_image, extra_li_image, extra_sinogram) |
 | source | optional JSON str: where the images came from and how they were scaled, so results can be written back: {"format": "dicom"/"nifti"/..., "units": "HU" or null, "intensity": {"mode": "hu"/"minmax"/"none", "offset", "scale"} (original value = offset + scale x image value), "resize": {...}, DICOM: "dicom": {PatientID, StudyInstanceUID, FrameOfReferenceUID, Modality, PixelSpacing (adjusted for padding/resizing), ImageOrientationPatient, SliceThickness, Rows, Columns, ...}, "slices": [{"ImagePositionPatient", ...} per slice]; NIfTI: "geometry": the same frame from the file's affine (PixelSpacing, ImageOrientationPatient, SliceThickness, SliceStep, nifti_xform_code) and "slices"} |
@@ -37,8 +37,9 @@ FORMAT_VERSION = 1
 TASKS = ("ct", "mri", "mar")
 NOISE_MODELS = ("none", "poisson", "gaussian")
 REQUIRED_KEYS = ("format_version", "task", "operator", "measurements", "image_size", "noise")
-PER_SLICE_ARRAYS = ("keep",)  # operator arrays that may carry a leading slice axis
-TASK_OPERATORS = {"ct": ("ct", "fourier_slice_ct"), "mri": ("cartesian_mri", "sense_mri"), "mar": ("mar_ct",)}
+PER_SLICE_ARRAYS = ("keep", "phase")  # operator arrays that may carry a leading slice axis
+TASK_OPERATORS = {"ct": ("ct", "fourier_slice_ct"), "mri": ("cartesian_mri", "sense_mri", "phased_mri"),
+                  "mar": ("mar_ct",)}
 
 
 # --- operator <-> (spec, arrays) ------------------------------------------------------------
@@ -50,6 +51,11 @@ def _build_cartesian(spec, arrays):
 def _build_sense(spec, arrays):
     from .sense import SenseMRI
     return SenseMRI(arrays["coil_maps"], arrays["mask"], complex_image=bool(spec.get("complex_image", False)))
+
+
+def _build_phased(spec, arrays):
+    from .mri import PhasedMRI
+    return PhasedMRI(arrays["mask"], arrays["phase"])
 
 
 def _ct_geometry(spec, arrays):
@@ -88,6 +94,7 @@ def _build_mar(spec, arrays):
 OPERATOR_KINDS = {
     "cartesian_mri": (_build_cartesian, ("mask",)),
     "sense_mri": (_build_sense, ("mask", "coil_maps")),
+    "phased_mri": (_build_phased, ("mask", "phase")),
     "ct": (_build_ct, ("angles",)),
     "fourier_slice_ct": (_build_fourier_slice, ("angles",)),
     "mar_ct": (_build_mar, ("angles", "keep")),
@@ -105,8 +112,11 @@ def geometry_spec(g) -> dict:
 
 def describe_operator(op: LinearOperator) -> tuple[dict, dict]:
     """(spec, arrays) that rebuild `op` through OPERATOR_KINDS; raises for unknown operators."""
-    from .mri import CartesianMRI
+    from .mri import CartesianMRI, PhasedMRI
     from .sense import SenseMRI
+    if isinstance(op, PhasedMRI):
+        return ({"kind": "phased_mri", "phase": "estimated from the fully sampled k-space centre"},
+                {"mask": op.mask.cpu().numpy(), "phase": op.phase.detach().cpu().numpy().astype(np.float32)})
     if isinstance(op, CartesianMRI):
         return {"kind": "cartesian_mri", "complex_image": op.complex_image}, {"mask": op.mask.cpu().numpy()}
     if isinstance(op, SenseMRI):

@@ -14,12 +14,20 @@ is Hermitian, z(-k) = conj z(k), so a sampled k also measures its mirror -k. The
 Λ ∪ -Λ with data y(k) on Λ, conj y(-k) where only -k is sampled (and the average of the two where both are
 sampled: the nearest Hermitian data) is what the data-consistency steps use for real images;
 the measurement itself (and hence what a file stores) is unchanged.
+
+Complex images with a smooth phase (docs/design.md §3.5): `smooth_phase` draws the phase φ of a
+simulated image |x| e^{iφ}; `estimate_phase` takes φ̂ from the fully sampled k-space centre (the
+angle of the Hann-windowed low-resolution image, as homodyne / partial-Fourier reconstruction
+does); `PhasedMRI` is A' = P(Λ) fft2c diag(e^{iφ̂}) on REAL images, so a real-valued prior and
+every solver reconstruct the phase-corrected magnitude unchanged.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..errors import ScoreinvError, check_finite
+from ..errors import ScoreinvError, check_finite, check_range
 from .base import LinearOperator
 
 
@@ -162,3 +170,167 @@ def kspace_rms(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     check_finite("k-space", y)
     m = mask.to(y.device).expand(y.shape[1:]).to(y.real.dtype)
     return ((y.abs() ** 2 * m).flatten(1).sum(1) / m.sum().clamp_min(1)).sqrt()
+
+
+# --- complex images with a smooth phase (docs/design.md §3.5) --------------------------------
+PHASE_DEGREE = 2        # the phase polynomial: every term u^i v^j with 1 <= i + j <= 2
+MIN_CENTRE = 2          # fewest fully sampled centre lines (each way) a phase estimate takes
+
+
+def smooth_phase(batch: int, shape, generator: torch.Generator | None = None, amplitude: float = math.pi,
+                 dtype=torch.float32) -> torch.Tensor:
+    """Random smooth phase maps φ (B, H, W) in radians (docs/design.md §3.5, (D23)).
+
+    φ(u, v) = φ0 + a · p(u, v) / max|p|, u, v ∈ [−1, 1] the pixel centres' positions over the
+    field of view, p = Σ c_ij u^i v^j over 1 <= i + j <= 2 (linear and quadratic terms: an
+    off-centre object and a smooth field inhomogeneity), c_ij ~ U(−1, 1), φ0 ~ U(−π, π) and
+    a = `amplitude` (the largest |φ − φ0| over the image; default π). Seeded by `generator`.
+    """
+    b = int(batch)
+    if b < 1:
+        raise ScoreinvError(f"smooth_phase: batch = {batch} must be >= 1")
+    h, w = (int(s) for s in shape)
+    if h < 2 or w < 2:
+        raise ScoreinvError(f"smooth_phase: shape {tuple(shape)}; expected (H, W) with H, W >= 2")
+    a = check_range("phase amplitude", amplitude, 0.0, math.pi)
+    dev = generator.device if generator is not None else torch.device("cpu")
+    terms = [(i, d - i) for d in range(1, PHASE_DEGREE + 1) for i in range(d + 1)]
+    c = 2 * torch.rand(b, len(terms), generator=generator, device=dev, dtype=torch.float64) - 1
+    phi0 = math.pi * (2 * torch.rand(b, generator=generator, device=dev, dtype=torch.float64) - 1)
+    u = (2 * torch.arange(h, dtype=torch.float64, device=dev) + 1) / h - 1
+    v = (2 * torch.arange(w, dtype=torch.float64, device=dev) + 1) / w - 1
+    basis = torch.stack([u[:, None] ** i * v[None, :] ** j for i, j in terms])          # (T, H, W)
+    p = torch.einsum("bt,thw->bhw", c, basis)
+    p = p / p.flatten(1).abs().amax(1).clamp_min(1e-12).reshape(b, 1, 1)
+    return (phi0.reshape(b, 1, 1) + a * p).to(dtype).cpu()
+
+
+def centre_box(mask) -> tuple[int, int]:
+    """(rows, columns) of the fully sampled block around DC (H//2, W//2) that `estimate_phase` uses:
+    (H, c) for a column mask whose centre band of c >= 2 whole columns is sampled, else the side s
+    of the largest centred s x s square that is fully sampled, (s, s); (0, 0) if DC is not sampled."""
+    m = as_kspace_mask(mask)
+    h, w = m.shape
+    cy, cx = h // 2, w // 2
+    if not bool(m[cy, cx]):
+        return 0, 0
+    full = m.all(0)
+    if bool(full[cx]):
+        lo, hi = cx, cx
+        while lo > 0 and bool(full[lo - 1]):
+            lo -= 1
+        while hi < w - 1 and bool(full[hi + 1]):
+            hi += 1
+        if hi - lo + 1 >= MIN_CENTRE:
+            return h, hi - lo + 1
+    s = 1
+    while s < min(h, w) and bool(m[cy - (s + 1) // 2:cy - (s + 1) // 2 + s + 1,
+                                   cx - (s + 1) // 2:cx - (s + 1) // 2 + s + 1].all()):
+        s += 1
+    return s, s
+
+
+def estimate_phase(y: torch.Tensor, mask) -> torch.Tensor:
+    """φ̂ (B, H, W) float: the angle of the low-resolution image of the fully sampled centre.
+
+    y: (B, H, W) complex k-space (DC at (H//2, W//2)); the block `centre_box(mask)` is weighted by a
+    separable Hann window (no sample outside it is used) and transformed back:
+    φ̂ = angle(ifft2c(window ⊙ y)) (docs/design.md §3.5, (D24)). Raises if the mask leaves fewer
+    than 2 fully sampled centre lines each way.
+    """
+    m = as_kspace_mask(mask)
+    if not torch.is_tensor(y) or not y.is_complex() or y.ndim != 3:
+        raise ScoreinvError("k-space: expected a complex tensor (B, H, W)"
+                            + (f", got {'complex' if y.is_complex() else 'real'} shape {tuple(y.shape)}"
+                               if torch.is_tensor(y) else f", got {type(y).__name__}"))
+    if tuple(y.shape[-2:]) != tuple(m.shape):
+        raise ScoreinvError(f"k-space: shape {tuple(y.shape)} does not fit the mask {tuple(m.shape)}")
+    check_finite("k-space", y)
+    bh, bw = centre_box(m)
+    if min(bh, bw) < MIN_CENTRE:
+        raise ScoreinvError(f"phase estimation: the mask samples a fully sampled centre of only {bh} x {bw} "
+                            f"k-space lines around DC; expected at least {MIN_CENTRE} x {MIN_CENTRE} (a column "
+                            "mask with a centre band: random or equispaced, or a lower acceleration)")
+    h, w = m.shape
+    rdt = y.real.dtype
+    wy = torch.hann_window(bh + 2, periodic=False, dtype=rdt, device=y.device)[1:-1]
+    wx = torch.hann_window(bw + 2, periodic=False, dtype=rdt, device=y.device)[1:-1]
+    win = torch.zeros(h, w, dtype=rdt, device=y.device)
+    y0, x0 = h // 2 - bh // 2, w // 2 - bw // 2
+    win[y0:y0 + bh, x0:x0 + bw] = wy[:, None] * wx[None, :]
+    return torch.angle(ifft2c(y * win))
+
+
+class PhasedMRI(LinearOperator):
+    """Single-coil Cartesian MRI of a real image x seen through a known phase: y = Λ ⊙ fft2c(e^{iφ} x).
+
+    With φ = φ̂ (`estimate_phase`) this is the operator A' of docs/design.md §3.5 (D25): a real
+    magnitude image whose phase is taken from the k-space centre. Real images, (B, 1, H, W) ->
+    (B, H, W) complex, zero off the mask; adjoint Re(e^{−iφ} ifft2c(Λ ⊙ y)) (exact for the real
+    inner product). No cheap exact T (the phase mixes k and −k), so the solvers project by
+    conjugate gradient (docs/design.md §2.6), as for SENSE.
+
+    Args:
+        mask: (H, W) 0/1 sampling mask (or (W,) columns with `image_shape`), DC at (H//2, W//2).
+        phase: (H, W) shared or (B, H, W) per image, real radians (then batches must have B images).
+        image_shape: optional (H, W); the mask must fit it.
+    """
+
+    has_decomposition = False
+
+    def __init__(self, mask, phase, image_shape: tuple[int, int] | None = None):
+        self.mask = as_kspace_mask(mask, tuple(image_shape) if image_shape is not None else None)
+        ph = torch.as_tensor(phase)
+        if ph.is_complex() or not ph.is_floating_point():
+            raise ScoreinvError(f"phase: expected real radians (floating point), got {ph.dtype}")
+        if ph.ndim not in (2, 3) or tuple(ph.shape[-2:]) != tuple(self.mask.shape):
+            h, w = self.mask.shape
+            raise ScoreinvError(f"phase: expected shape ({h}, {w}) or (B, {h}, {w}) to fit the mask, "
+                                f"got {tuple(ph.shape)}")
+        self.phase = check_finite("phase", ph)
+        self.image_shape = tuple(self.mask.shape)
+        self.meas_shape = tuple(self.mask.shape)
+        h, w = self.image_shape
+        per = f", phase of {ph.shape[0]} images" if ph.ndim == 3 else ""
+        self.name = f"PhasedMRI({h}x{w}, {self.acceleration:.2f}x{per})"
+
+    @property
+    def acceleration(self) -> float:
+        """Number of k-space grid points divided by the number sampled."""
+        return self.mask.numel() / float(self.mask.sum())
+
+    def _unit(self, ref: torch.Tensor) -> torch.Tensor:
+        """e^{iφ} as (B or 1, H, W) complex of ref's precision, on ref's device."""
+        if self.phase.ndim == 3 and self.phase.shape[0] != ref.shape[0]:
+            raise ScoreinvError(f"{self.name}: the phase is per image for {self.phase.shape[0]} images, "
+                                f"got a batch of {ref.shape[0]}")
+        rdt = torch.float64 if ref.dtype in (torch.float64, torch.complex128) else torch.float32
+        ph = self.phase.to(device=ref.device, dtype=rdt)
+        return torch.polar(torch.ones_like(ph), ph if ph.ndim == 3 else ph.unsqueeze(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) real -> (B, H, W) complex: Λ ⊙ fft2c(e^{iφ} x)."""
+        x = self.check_image(x)
+        return fft2c(self._unit(x) * x[:, 0]) * self.mask.to(x.device)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) complex -> (B, 1, H, W) real: Re(e^{−iφ} ifft2c(Λ ⊙ y))."""
+        y = self.check_measurement(y)
+        return (self._unit(y).conj() * ifft2c(y * self.mask.to(y.device))).real.unsqueeze(1)
+
+    def zero_filled(self, y: torch.Tensor) -> torch.Tensor:
+        """The phase-corrected zero-filled image A'ᵀ y, (B, 1, H, W) real."""
+        return self.adjoint(y)
+
+    def select(self, sl: slice) -> "PhasedMRI":
+        """The operator of images `sl` of the batch (a per-image phase is sliced)."""
+        return self if self.phase.ndim == 2 else PhasedMRI(self.mask, self.phase[sl])
+
+    def repeat(self, k: int) -> "PhasedMRI":
+        """The operator of the batch repeated k times along dim 0 (as y.repeat(k, 1, 1))."""
+        return self if self.phase.ndim == 2 or k == 1 else PhasedMRI(self.mask, self.phase.repeat(k, 1, 1))
+
+
+def phase_corrected(y: torch.Tensor, mask) -> PhasedMRI:
+    """The operator A' of (D25) for k-space y (B, H, W): PhasedMRI(mask, estimate_phase(y, mask))."""
+    return PhasedMRI(mask, estimate_phase(y, mask))

@@ -17,6 +17,11 @@
 - `DDRMStep`, `DiffPIRStep`: the restoration steps on the Tweedie estimate of DDRM (Kawar et al.
   2022) and DiffPIR (Zhu et al. 2023), run by the loop's "x0" predictor (docs/design.md §2.11).
 
+Inter-slice coupling (`coupling`, a `coupling.ZTVCoupling`; docs/design.md §9.1): when given,
+every data-consistency step above (the projections, their final hard projection, the DiffPIR
+proximal step) solves its problem on the stacked volume with a z-TV term added, by ADMM; without
+it (coupling none) the code paths are the uncoupled ones, unchanged.
+
 Data consistency on operators with the decomposition uses `dc_data`: for real-image Cartesian
 MRI the conjugate-symmetric completion of the mask and data (`CartesianMRI.completed`), exact
 for real images; other operators their own mask and embed(y).
@@ -27,6 +32,7 @@ import torch
 
 from ..errors import ScoreinvError, check_range
 from ..physics.norm import operator_norm
+from .coupling import data_weight
 from .steps import randn_like
 
 
@@ -65,12 +71,16 @@ def dc_data(op, y):
 class Projection:
     """Hook x -> x' (B, 1, H, W): projection onto {A x = ŷ_t} blended by λ."""
 
-    def __init__(self, op, y, sde, lam: float = 1.0, generator=None, noisy: bool = True, cg_iters: int = 10):
+    def __init__(self, op, y, sde, lam: float = 1.0, generator=None, noisy: bool = True, cg_iters: int = 10,
+                 coupling=None):
         self.op, self.y, self.sde, self.generator, self.noisy, self.cg_iters = op, y, sde, generator, noisy, cg_iters
         self.lam = check_range("lambda", lam, 0.0, 1.0)
+        self.coupling = coupling
 
     def project(self, x, y_t, lam=None):
         lam = self.lam if lam is None else lam
+        if self.coupling is not None:
+            return self.coupled(x, y_t, lam)
         if lam == 0.0:
             return x
         op = self.op
@@ -81,6 +91,14 @@ class Projection:
             return op.T_inv(z)
         reg = (1 - lam) / lam * norm2(op, x) if lam < 1.0 else 0.0
         return op.lstsq(y_t, x, reg=reg, iters=self.cg_iters)
+
+    def coupled(self, x, y_t, lam):
+        """(D10)/(D11) with the z-TV term across slices (docs/design.md §9.1): data weight
+        w = λ / ((1 − λ) ‖A‖²), ‖A‖ = 1 on the decomposition (exact there, CG otherwise)."""
+        op = self.op
+        if op.has_decomposition:
+            return self.coupling(op, x, y_t, data_weight(lam), dc_data(op, y_t))
+        return self.coupling(op, x, y_t, data_weight(lam, norm2(op, x) if 0.0 < lam < 1.0 else 1.0))
 
     def __call__(self, x, t):
         return self.project(x, noisy_measurement(self.op, self.y, self.sde, x, t, self.generator, self.noisy))
@@ -212,8 +230,9 @@ class DiffPIRStep:
     """
 
     def __init__(self, op, y, sde, sigma_y=0.0, lam: float = 7.0, zeta: float = 0.3, floor: float = 1e-3,
-                 generator=None, cg_iters: int = 10, noise_scale: float = 1.0):
+                 generator=None, cg_iters: int = 10, noise_scale: float = 1.0, coupling=None):
         self.op, self.y, self.sde, self.generator, self.cg_iters = op, y, sde, generator, cg_iters
+        self.coupling = coupling
         self.lam = check_range("hqs_lambda", lam, 0.0)
         self.zeta = check_range("hqs_zeta", zeta, 0.0, 1.0)
         floor = check_range("sigma_floor", floor, 0.0)
@@ -234,6 +253,9 @@ class DiffPIRStep:
     def prox(self, x0, sig):
         rho = self.rho(sig)
         op = self.op
+        if self.coupling is not None:     # (D22) with the z-TV term, data weight w = 1/ρ (docs/design.md §9.1)
+            w = torch.where(rho > 0, 1.0 / rho.clamp_min(1e-300), torch.full_like(rho, float("inf")))
+            return self.coupling(op, x0, self.y, w, (self.mask, self.zy) if op.has_decomposition else None)
         if op.has_decomposition:
             z0 = op.T(x0)
             r = _per_sample(rho, z0, z0.shape[0])

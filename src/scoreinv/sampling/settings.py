@@ -40,6 +40,8 @@ from ..tasks import TASKS
 
 SOLVERS = ("baseline", "langevin", "langevin_projection", "projection", "dds", "dps", "ddrm", "diffpir")
 WARM_STARTS = ("none", "classical")
+COUPLINGS = ("none", "ztv")
+COUPLED_SOLVERS = ("projection", "langevin_projection", "dds", "diffpir")   # a data-consistency step to couple
 REFERENCE_KEYWORD = "reference"      # --preset reference: the reference preset, no tuned one
 ALIASES = {"lambda": "lam", "λ": "lam"}
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -70,6 +72,10 @@ class SolverConfig:
     warm_start: str = "none"      # none | classical: start at warm_sigma from the classical reconstruction
     warm_sigma: float = 2.0       # σ the warm start begins at (image units)
     sigma_end: float = 0.0        # > 0: end the schedule at σ_end; its Tweedie estimate is the output
+    coupling: str = "none"        # none | ztv: z-TV across the slices of a volume in every data-consistency step
+    ztv_lambda: float = 0.01      # λ_z of the z-TV term (image units, against ½‖x − x̂‖²; docs/design.md §9.1)
+    admm_iters: int = 4           # ADMM iterations per data-consistency step (warm-started across steps)
+    admm_rho: float = 1.0         # ADMM penalty ρ (image units, as λ_z)
 
     def nfe(self) -> int:
         """Network evaluations per sample (a warm start runs the same number of levels over the
@@ -89,16 +95,19 @@ PARAMS = {"steps": (int, 1, None), "snr": (float, 0.0, None), "lam": (float, 0.0
           "zeta": (float, 0.0, None), "cg_iters": (int, 1, None), "final_projection": (bool, None, None),
           "eta_b": (float, 0.0, 1.0), "hqs_lambda": (float, 0.0, None), "hqs_zeta": (float, 0.0, 1.0),
           "sigma_floor": (float, 0.0, None), "noise_scale": (float, 0.0, 1.0),
-          "warm_start": (str, WARM_STARTS, None), "warm_sigma": (float, 1e-6, None), "sigma_end": (float, 0.0, None)}
+          "warm_start": (str, WARM_STARTS, None), "warm_sigma": (float, 1e-6, None), "sigma_end": (float, 0.0, None),
+          "coupling": (str, COUPLINGS, None), "ztv_lambda": (float, 0.0, None), "admm_iters": (int, 1, None),
+          "admm_rho": (float, 1e-6, None)}
 _COMMON = ("steps", "cg_iters", "final_projection", "warm_start", "warm_sigma", "sigma_end")
-USES = {"projection": _COMMON + ("snr", "lam", "corrector_steps", "predictor", "corrector", "order"),
-        "langevin_projection": _COMMON + ("snr", "lam", "corrector_steps", "order"),
+_COUPLING = ("coupling", "ztv_lambda", "admm_iters", "admm_rho")     # the solvers of COUPLED_SOLVERS
+USES = {"projection": _COMMON + ("snr", "lam", "corrector_steps", "predictor", "corrector", "order") + _COUPLING,
+        "langevin_projection": _COMMON + ("snr", "lam", "corrector_steps", "order") + _COUPLING,
         "baseline": _COMMON + ("snr", "r", "corrector_steps"),
         "langevin": _COMMON + ("snr", "r", "corrector_steps"),
-        "dds": _COMMON + ("lam", "eta", "rho"),
+        "dds": _COMMON + ("lam", "eta", "rho") + _COUPLING,
         "dps": _COMMON + ("rho", "zeta"),
         "ddrm": _COMMON + ("eta", "eta_b", "rho", "noise_scale"),
-        "diffpir": _COMMON + ("hqs_lambda", "hqs_zeta", "sigma_floor", "rho", "noise_scale")}
+        "diffpir": _COMMON + ("hqs_lambda", "hqs_zeta", "sigma_floor", "rho", "noise_scale") + _COUPLING}
 
 # The published hyperparameters (docs/design.md §2.10) per (task, solver); dds and dps
 # are not in the paper: their fast defaults. ddrm: Kawar et al.'s η = 0.85, η_b = 1 (also
@@ -169,17 +178,29 @@ def validate(c: SolverConfig, where: str = "solver.") -> SolverConfig:
     coerce({k: getattr(c, k) for k in PARAMS}, where)
     if c.name == "projection" and not (c.predictor or c.corrector):
         raise ScoreinvError(f"{where}predictor and {where}corrector cannot both be false")
+    if c.coupling != "none" and c.name not in COUPLED_SOLVERS:
+        raise ScoreinvError(check_coupling(c.name, c.coupling, f"{where}coupling"))
     if c.warm_start != "none" and c.sigma_end > 0 and c.sigma_end >= c.warm_sigma:
         raise ScoreinvError(f"{where}sigma_end = {c.sigma_end:g}: must be below {where}warm_sigma = "
                             f"{c.warm_sigma:g}, where the warm start begins")
     return c
 
 
+def check_coupling(solver: str, coupling: str, flag: str = "--coupling") -> str:
+    """The message refusing `coupling` for a solver without a data-consistency step to couple ('' if fine)."""
+    if coupling == "none" or solver in COUPLED_SOLVERS:
+        return ""
+    why = ("its data step is a per-coefficient blend with noise, not a minimisation (docs/design.md §9.1)"
+           if solver == "ddrm" else "it has no data-consistency step (the data enter through the score)")
+    return (f"{flag} {coupling}: solver {solver} cannot couple slices: {why}; use one of "
+            f"{', '.join(COUPLED_SOLVERS)}")
+
+
 # Fields added after records of runs (eval.json, tune studies) were first written: a record leaves
 # them out at their default value (off: no warm start, no σ_end; the new solvers' parameters), so
 # a record made before they existed still matches (`record`).
 LATER_FIELDS = ("eta_b", "hqs_lambda", "hqs_zeta", "sigma_floor", "noise_scale", "warm_start", "warm_sigma",
-                "sigma_end")
+                "sigma_end", "coupling", "ztv_lambda", "admm_iters", "admm_rho")
 
 
 def record(params: dict) -> dict:
@@ -375,6 +396,8 @@ class Resolved:
             vals += f", σ_end {c.sigma_end:g}"
         if c.noise_scale != 1.0 and "noise_scale" in USES[c.name]:
             vals += f", noise_scale {c.noise_scale:g}"
+        if c.coupling != "none":
+            vals += f", {c.coupling} coupling λ_z {c.ztv_lambda:g} (ADMM {c.admm_iters} x ρ {c.admm_rho:g})"
         groups: dict[str, list] = {}
         for k, o in self.origin.items():
             groups.setdefault(o, []).append(k)

@@ -18,6 +18,12 @@ Every solver can start warm (`warm_start: classical`, SDEdit-style; docs/design.
 x = x_classical + σ_w z at σ_w = `warm_sigma`, running its `steps` levels over [σ_w, σ_min]
 instead of [σ_max, σ_min] (the same NFE, denser levels), and can end early (`sigma_end`: the
 schedule stops at σ_end and the output is the Tweedie estimate there, a partial posterior mean).
+
+Volumes (docs/design.md §9): with `coupling: ztv` the batch is a stack of slices in order (`volume`
+labels say which images form one volume; default: the whole batch) and every data-consistency
+step couples neighbouring slices by a z-TV term (`coupling.ZTVCoupling`); `network_batch` bounds
+the images per network call (the network is the memory hog; the data-consistency step runs on the
+whole volume at once, so chunking the network changes nothing else).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import torch
 from ..errors import ScoreinvError, check_images, check_int
 from ..sde import VESDE
 from .conditioning import DDRMStep, DiffPIRStep, DPSScore, LikelihoodScore, Projection, require_decomposition
+from .coupling import ZTVCoupling, volume_labels
 from .inputs import check_noise_level, classical
 from .loop import pc_loop
 from .settings import SOLVERS, SolverConfig, estimate_name, solver_config, validate  # noqa: F401  (the solver table lives there)
@@ -124,6 +131,44 @@ def device_generator(generator: torch.Generator | None, device) -> torch.Generat
     return torch.Generator(device=device).manual_seed(seed)
 
 
+class NetworkBatches:
+    """The model with its network evaluated at most `size` images at a time (score, denoise); the
+    rest (sde, patch prior, reseed) passes through. A patch prior is not split: it already evaluates
+    at most `model.max_patches` windows at a time, and one call keeps one tiling offset for the
+    whole volume (docs/design.md §2.12)."""
+
+    def __init__(self, model, size: int):
+        self.model, self.size, self.sde = model, check_int("network batch", size), model.sde
+
+    @property
+    def patch_size(self) -> int:
+        return getattr(self.model, "patch_size", 0)
+
+    def reseed(self, seed: int) -> None:
+        self.model.reseed(seed)
+
+    def _split(self, fn, x, t):
+        if x.shape[0] <= self.size or self.patch_size:
+            return fn(x, t)
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        return torch.cat([fn(x[i:i + self.size], t[i:i + self.size]) for i in range(0, x.shape[0], self.size)])
+
+    def score(self, x, t):
+        return self._split(self.model.score, x, t)
+
+    def denoise(self, x, t):
+        return self._split(self.model.denoise, x, t)
+
+
+def coupling_of(cfg: SolverConfig, labels: torch.Tensor) -> ZTVCoupling | None:
+    """The z-TV coupling of a solver run (docs/design.md §9.1), or None: coupling none, or λ_z = 0
+    (then the uncoupled step is the exact solution, and the result equals coupling none bit for bit)."""
+    if cfg.coupling == "none" or cfg.ztv_lambda == 0:
+        return None
+    return ZTVCoupling(cfg.ztv_lambda, labels, cfg.admm_iters, cfg.admm_rho, cfg.cg_iters)
+
+
 def _start(sde, cfg: SolverConfig, times: torch.Tensor, shape, generator, x_init, dev) -> torch.Tensor:
     """The chain's first state: a prior draw, or (warm start) α(t₀)(x_init + σ_w z) at t₀ = times[0]."""
     if cfg.warm_start == "none":
@@ -135,14 +180,20 @@ def _start(sde, cfg: SolverConfig, times: torch.Tensor, shape, generator, x_init
 
 @torch.no_grad()
 def solve(model, op, y: torch.Tensor, cfg: SolverConfig, generator: torch.Generator | None = None,
-          progress: bool = False, *, sigma_y=None, x_init: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+          progress: bool = False, *, sigma_y=None, x_init: torch.Tensor | None = None, volume=None,
+          network_batch: int | None = None) -> tuple[torch.Tensor, int]:
     """One posterior sample per measurement: y (B, *meas_shape) -> (x (B, 1, H, W), NFE per sample).
 
     sigma_y: the measurement noise std (float or (B,), units of y; `inputs.measurement_sigma`),
     used by ddrm and diffpir (default 0: noise-free); x_init: (B, 1, H, W) the classical
-    reconstruction a warm start begins from (default `inputs.classical(op, y)`)."""
+    reconstruction a warm start begins from (default `inputs.classical(op, y)`); volume: (B,)
+    integer labels of the volume each slice belongs to, slices in order (default: one volume; used
+    by `coupling: ztv`); network_batch: at most this many images per network call (default all)."""
     check_run(cfg, op, model.sde)
     y = op.check_measurement(y)
+    labels = volume_labels(volume, y.shape[0])
+    if network_batch is not None:
+        model = NetworkBatches(model, network_batch)
     sde = model.sde
     b = y.shape[0]
     h, w = op.image_shape
@@ -160,7 +211,8 @@ def solve(model, op, y: torch.Tensor, cfg: SolverConfig, generator: torch.Genera
     gen = generator if dev.type == "cpu" else device_generator(generator, dev)
     if getattr(model, "patch_size", 0) and generator is not None:   # tiling offsets (docs/design.md §2.12)
         model.reseed(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
-    proj = Projection(op, y, sde, cfg.lam, gen, noisy=True, cg_iters=cfg.cg_iters)
+    coupler = coupling_of(cfg, labels)
+    proj = Projection(op, y, sde, cfg.lam, gen, noisy=True, cg_iters=cfg.cg_iters, coupling=coupler)
     final = proj.hard if cfg.final_projection else None
     denoise = lambda x, t: model.denoise(x, t)  # noqa: E731
     common = dict(generator=gen, progress=progress, denoise=denoise, final_hook=final)
@@ -178,7 +230,7 @@ def solve(model, op, y: torch.Tensor, cfg: SolverConfig, generator: torch.Genera
                       predictor="reverse_diffusion" if name == "baseline" else None,
                       corrector_steps=cfg.corrector_steps, snr=cfg.snr, **common)
     elif name == "dds":
-        clean = Projection(op, y, sde, cfg.lam, gen, noisy=False, cg_iters=cfg.cg_iters)
+        clean = Projection(op, y, sde, cfg.lam, gen, noisy=False, cg_iters=cfg.cg_iters, coupling=coupler)
         res = pc_loop(model.score, sde, x, times, predictor="ddim", corrector_steps=0,
                       eta=cfg.eta, x0_hook=lambda x0, t: clean.project(x0, y), **common)
     elif name == "dps":
@@ -189,7 +241,7 @@ def solve(model, op, y: torch.Tensor, cfg: SolverConfig, generator: torch.Genera
             step = DDRMStep(op, y, sy.to(dev), cfg.eta, cfg.eta_b, gen, cfg.noise_scale)
         else:
             step = DiffPIRStep(op, y, sde, sy.to(dev), cfg.hqs_lambda, cfg.hqs_zeta, cfg.sigma_floor, gen,
-                               cfg.cg_iters, cfg.noise_scale)
+                               cfg.cg_iters, cfg.noise_scale, coupling=coupler)
         last = (lambda x, t: final(step.final(x, t), t)) if final is not None else step.final
         res = pc_loop(model.score, sde, x, times, predictor="x0", corrector_steps=0, x0_step=step,
                       **{**common, "final_hook": last})
@@ -200,18 +252,23 @@ def solve(model, op, y: torch.Tensor, cfg: SolverConfig, generator: torch.Genera
 
 def posterior(model, op, y: torch.Tensor, cfg: SolverConfig, samples: int = 1,
               generator: torch.Generator | None = None, progress: bool = False, *, sigma_y=None,
-              x_init: torch.Tensor | None = None) -> dict:
+              x_init: torch.Tensor | None = None, volume=None, network_batch: int | None = None) -> dict:
     """K posterior samples per measurement, batched: mean (B,1,H,W), std (B,1,H,W), samples (K,B,1,H,W).
-    sigma_y ((B,) or a float) and x_init (B, 1, H, W) as in `solve`, per measurement."""
+    sigma_y ((B,) or a float), x_init (B, 1, H, W), volume (B,) and network_batch as in `solve`, per
+    measurement (the K copies of a volume are K volumes: they never couple)."""
     check_int("samples", samples)
     b = y.shape[0]
+    lab = volume_labels(volume, b)
+    span = int(lab.max() - lab.min()) + 1
+    lab = torch.cat([lab + k * span for k in range(samples)])
     yk = y.repeat(samples, *([1] * (y.ndim - 1)))
     if sigma_y is not None:
         s = check_noise_level(sigma_y)
         sigma_y = s.repeat(samples) if s.numel() == b else s
     if x_init is not None:
         x_init = x_init.repeat(samples, 1, 1, 1)
-    x, nfe = solve(model, op, yk, cfg, generator, progress, sigma_y=sigma_y, x_init=x_init)
+    x, nfe = solve(model, op, yk, cfg, generator, progress, sigma_y=sigma_y, x_init=x_init, volume=lab,
+                   network_batch=network_batch)
     xs = x.reshape(samples, b, *x.shape[1:])
     return {"mean": xs.mean(0), "std": xs.std(0, unbiased=True) if samples > 1 else torch.zeros_like(xs[0]),
             "samples": xs, "nfe": nfe * samples}
