@@ -56,7 +56,7 @@ def cache_state(cache: Path) -> dict:
 
 
 def quiet(*a):
-    pass
+    """A `log` that prints nothing."""
 
 
 # --- fetching -------------------------------------------------------------------------------

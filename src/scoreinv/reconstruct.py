@@ -251,8 +251,8 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     elif len(idx) > 1:
         try:
             spacing, volume = volume_geometry(meta.positions, idx, str(measurements)), True
-        except ScoreinvError:       # not a volume: slice metrics only
-            pass
+        except ScoreinvError:       # not an evenly spaced volume: slice metrics only
+            spacing, volume = None, False
     dev = resolve_device(device)
     model, model_cfg = load_score_model(checkpoint, device=dev)
     check_model_size(model_cfg, *meas.image_size,

@@ -26,6 +26,7 @@ the SHA-256 of each file it reads (about 0.03 s per file).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -365,11 +366,9 @@ def _stage_download(keys: list[str], staging: Path, log) -> None:
 
 def _remove_stale(root: Path) -> None:
     for p in root.glob(".fetch-*"):
-        try:
+        with contextlib.suppress(OSError):     # another fetch may remove it between the checks
             if p.is_dir() and time.time() - p.stat().st_mtime > STALE_S:
                 shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def fetch(name: str, source=None, overwrite: bool = False, log=print) -> dict[str, Path]:
