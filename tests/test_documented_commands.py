@@ -199,6 +199,19 @@ RUNS: dict[str, Run] = {
     "--set projection.steps=20 --out results/mar": Run(
         [("projection.steps=20", "projection.steps=2 --num-images 1 --val-images 1")], [r"li", r"nmar"],
         ["results/mar/summary.json"]),
+    # volumes (README "Volumes"; data/bench --help)
+    "scoreinv data inspect phantom3d --size 64 --split test": Run([("--size 64", "--size 16")],
+                                                                 [r"^dataset   phantom3d", r"^volumes   2"]),
+    "scoreinv data phantom3d --out vol.nii.gz --slices 16 --size 64 --seed 0": Run(
+        [("--slices 16", "--slices 3")], [r"wrote vol\.nii\.gz: phantom3d seed 0, 3 slice"], ["vol.nii.gz"]),
+    "scoreinv simulate --task ct --views 23 --intensity hu --input vol.nii.gz --out vol.npz": Run(
+        [], [r"wrote vol\.npz: 3 slice\(s\) 64x64"], ["vol.npz"]),
+    "scoreinv reconstruct --checkpoint ct64 --measurements vol.npz --solver diffpir --coupling ztv --out vol_ztv.nii.gz":
+        Run([("--solver diffpir", "--solver diffpir --steps 2 --no-progress")],
+            [r"volume \(3 slices", r"wrote vol_ztv\.nii\.gz"], ["vol_ztv.nii.gz"]),
+    "scoreinv bench volume --checkpoint ct64 --slices 8 --steps 10 --data phantom3d": Run(
+        [("--slices 8", "--slices 2"), ("--steps 10", "--steps 2")],
+        [r"^# bench volume", r"^data: phantom3d", r"^ztv_peak_rss_mib: "]),
 }
 
 

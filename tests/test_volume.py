@@ -445,3 +445,98 @@ def test_eval_reports_volume_metrics_and_refuses_coupling_on_independent_images(
     with pytest.raises(ScoreinvError, match="needs a dataset of volumes"):
         E.evaluate(tmp_path / "f", opts, flat, methods, 4, data_id="phantoms", split="test", model=model,
                    batch_size=4, log=lambda *a: None)
+
+
+# --- the phantom as a built-in dataset and a NIfTI volume -----------------------------------------
+def test_phantom3d_is_a_builtin_dataset_for_inspect_and_eval(tmp_path, tiny_checkpoint, capsys):
+    from scoreinv.data import BUILTIN_DATASETS, build_dataset
+    assert "phantom3d" in BUILTIN_DATASETS
+    ds = build_dataset("phantom3d", "test", 16, seed=2, volumes=1, depth=3)
+    assert isinstance(ds, Phantom3D) and len(ds) == 3 and ds.index == [(0, 0), (0, 1), (0, 2)]
+    assert torch.equal(ds[1], Phantom3D("test", 16, seed=2, volumes=1, depth=3).volume(0)[1])
+    with pytest.raises(ScoreinvError, match="unknown option.*views"):
+        build_dataset("phantom3d", "test", 16, views=3)
+    with pytest.raises(ScoreinvError, match="hu_min"):
+        build_dataset("phantom3d", "test", 16, hu_min=-500.0)
+    assert main(["data", "inspect", "phantom3d", "--size", "16", "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset   phantom3d" in out and "32 image(s) of 16x16" in out and "volumes   2" in out
+    assert main(["eval", "--checkpoint", tiny_checkpoint, "--task", "ct", "--views", "6", "--upsample", "1",
+                 "--data", "phantom3d", "--split", "test", "--solvers", "fbp", "--num-images", "4",
+                 "--out", str(tmp_path / "e")]) == 0
+    rec = {r["solver"]: r for r in json.loads((tmp_path / "e" / "summary.json").read_text())}
+    assert rec["fbp"]["volume"]["n_volumes"] == 1 and rec["fbp"]["volume"]["slices"] == [4]
+
+
+def test_data_phantom3d_writes_the_volume_that_simulate_and_coupled_reconstruct_read(tiny_checkpoint, tmp_path,
+                                                                                       capsys):
+    from scoreinv.data.readers import read_volume
+    vol = tmp_path / "vol.nii.gz"
+    args = ["data", "phantom3d", "--out", str(vol), "--slices", "4", "--size", "16", "--seed", "3",
+            "--z-spacing", "2", "--pixel-size", "1.5"]
+    assert main(args) == 0
+    assert "4 slice(s) of 16x16, pixel 1.5 mm, slices 3 mm apart" in capsys.readouterr().out
+    v = read_volume(str(vol))
+    ref = phantom_volume(4, 16, 3, z_spacing=2.0)[:, 0].numpy()
+    np.testing.assert_allclose((v.data + 1024) / 4224, ref, atol=1e-5)        # HU, slices inferior -> superior
+    np.testing.assert_allclose(v.meta["affine"], volume_affine(4, 16, 1.5, 2.0), atol=1e-4)
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err          # an existing file is kept
+    assert main(args + ["--overwrite", "--kind", "head"]) == 0
+    for bad, what in ((["--out", str(tmp_path / "v.png")], ".nii or .nii.gz"), (["--slices", "0"], "--slices"),
+                      (["--pixel-size", "-1"], "--pixel-size"), (["--size", "4"], "--size")):
+        assert main(["data", "phantom3d", "--out", str(tmp_path / "w.nii"), *bad]) == 2
+        assert what in capsys.readouterr().err
+    meas = tmp_path / "m.npz"
+    assert main(["simulate", "--task", "ct", "--views", "6", "--upsample", "1", "--intensity", "hu", "--input",
+                 str(vol), "--out", str(meas)]) == 0
+    assert recon(tiny_checkpoint, meas, tmp_path / "r.nii.gz", "--coupling", "ztv") == 0
+    assert "volume (4 slices, 3 mm apart)" in capsys.readouterr().out
+    out = read_volume(str(tmp_path / "r.nii.gz"))
+    np.testing.assert_allclose(out.meta["affine"], v.meta["affine"], atol=1e-4)   # overlays the input volume
+
+
+# --- bench volume -------------------------------------------------------------------------------
+def _bench_lines(text: str) -> dict:
+    return dict(ln.split(": ", 1) for ln in text.splitlines() if ": " in ln and not ln.startswith("#"))
+
+
+def test_bench_volume_times_each_coupling(tiny_checkpoint, capsys):
+    assert main(["bench", "volume", "--checkpoint", tiny_checkpoint, "--slices", "3", "--image-size", "16",
+                 "--steps", "2", "--views", "6", "--data", "phantom3d", "--batch-size", "2", "--in-process"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# bench volume")
+    r = _bench_lines(out)
+    assert r["data"].startswith("phantom3d seed 0, 3 slices of 16x16") and r["solver"] == "diffpir"
+    assert r["memory"].startswith("this process") and r["slices"] == "3" and int(r["nfe_per_slice"]) >= 2
+    for c in ("none", "ztv"):
+        total, per = float(r[f"{c}_seconds"]), float(r[f"{c}_seconds_per_slice"])
+        assert total > 0 and per == pytest.approx(total / 3, rel=1e-4)
+        assert float(r[f"{c}_peak_rss_mib"]) >= float(r[f"{c}_setup_rss_mib"]) > 10
+        assert math.isfinite(float(r[f"{c}_psnr"])) and float(r[f"{c}_zgrad_rmse"]) >= 0
+    assert float(r["ztv_lambda_z"]) > 0 and "none_lambda_z" not in r
+    assert main(["bench", "volume", "--checkpoint", tiny_checkpoint, "--image-size", "24"]) == 2
+    assert "whole-image network for 16x16" in capsys.readouterr().err
+    assert main(["bench", "volume", "--checkpoint", tiny_checkpoint, "--couplings", "ztv,xyz"]) == 2
+    assert "--couplings" in capsys.readouterr().err
+
+
+def test_bench_volume_data_falls_back_to_the_phantom(monkeypatch, tmp_path):
+    from scoreinv.bench.volume import load_volume
+    monkeypatch.setenv("SCOREINV_DATA", str(tmp_path))                       # nothing fetched there
+    x, what = load_volume("auto", 3, 16)
+    assert torch.equal(x, phantom_volume(3, 16, 0)) and "ct-real is not fetched" in what
+    with pytest.raises(ScoreinvError, match="not fetched"):
+        load_volume("lung2", 3, 16)
+    with pytest.raises(ScoreinvError, match="lung2 has 61 slices"):
+        load_volume("lung2", 62, 16)
+
+
+@pytest.mark.slow
+def test_bench_volume_measures_each_coupling_in_a_fresh_process(tiny_checkpoint, capsys):
+    assert main(["bench", "volume", "--checkpoint", tiny_checkpoint, "--slices", "3", "--image-size", "16",
+                 "--steps", "2", "--views", "6", "--data", "phantom3d"]) == 0
+    r = _bench_lines(capsys.readouterr().out)
+    assert r["memory"] == "ru_maxrss of a fresh process per coupling"
+    for c in ("none", "ztv"):
+        assert float(r[f"{c}_peak_rss_mib"]) >= float(r[f"{c}_setup_rss_mib"]) > 10
+        assert float(r[f"{c}_seconds"]) > 0

@@ -10,9 +10,9 @@ from .common import Recon
 from .iterative import cgls, fbp, sirt, zero_filled
 from .mar import li, nmar
 from .registry import BASELINES, Baseline, WeightChoice, choose_weight, get_baseline, log_grid
-from .tv import div, grad, tv_recon, tv_value
+from .tv import div, grad, objective, tv3d_recon, tv_recon, tv_value, z_weights
 from .wavelet import OrthoWavelet2d, cs_wavelet, soft_threshold
 
 __all__ = ["Recon", "operator_norm", "cgls", "fbp", "sirt", "zero_filled", "li", "nmar",
            "BASELINES", "Baseline", "WeightChoice", "choose_weight", "get_baseline", "log_grid",
-           "div", "grad", "tv_recon", "tv_value", "OrthoWavelet2d", "cs_wavelet", "soft_threshold"]
+           "div", "grad", "objective", "tv3d_recon", "tv_recon", "tv_value", "z_weights", "OrthoWavelet2d", "cs_wavelet", "soft_threshold"]

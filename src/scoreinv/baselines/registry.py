@@ -2,8 +2,12 @@
 
 `get_baseline(name)` returns a `Baseline`: calling it with (op, y, **kwargs) gives a `Recon`
 (images, iterations run, method, weight). Each baseline has at most one tunable parameter:
-`weight` (tv, cs_tv, cs_wavelet: weight relative to ||A||^2, see tv.py / wavelet.py) or
+`weight` (tv, tv3d, cs_tv, cs_wavelet: weight relative to ||A||^2, see tv.py / wavelet.py) or
 `iters` (sirt, cgls: early stopping is their regulariser).
+
+`tv3d` is for volumes: it treats its whole batch as one volume (slices in order; `volume` labels
+(B,) to hold several, `z_weight` = in-plane pixel size / slice spacing, tv.py), so it must get the
+consecutive slices of a volume, never a batch of independent images.
 
 `choose_weight` evaluates that parameter on a grid over VALIDATION pairs (y_val, x_val) and
 returns the value with the best mean metric (PSNR by default; the first on ties). Never call it
@@ -24,7 +28,7 @@ from ..physics.base import LinearOperator
 from . import mar as _mar
 from .common import Recon, check_operator
 from .iterative import cgls, fbp, sirt, zero_filled
-from .tv import tv_recon
+from .tv import tv3d_recon, tv_recon
 from .wavelet import cs_wavelet
 
 
@@ -47,7 +51,7 @@ class Baseline:
 
     def __call__(self, op: LinearOperator, y: torch.Tensor, **kwargs) -> Recon:
         kw = {**self.defaults, **kwargs}
-        if self.name in ("tv", "cs_tv") and "box" not in kwargs:
+        if self.name in ("tv", "tv3d", "cs_tv") and "box" not in kwargs:
             kw["box"] = None if check_operator(op).complex_image else (0.0, 1.0)
         out = self.fn(op, y, **kw)
         return Recon(out.x, out.iters, self.name, out.weight)
@@ -60,6 +64,8 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
              "SIRT, nonnegativity, iteration count tuned (CT)"),
     Baseline("cgls", cgls, "iters", (5, 10, 20, 50, 100, 200), "CGLS, iteration count tuned"),
     Baseline("tv", tv_recon, "weight", _WEIGHTS, "isotropic TV by PDHG, box [0, 1] for real images"),
+    Baseline("tv3d", tv3d_recon, "weight", _WEIGHTS, "isotropic 3-D TV (x, y, z) of a volume (the batch: its "
+             "slices in order) by PDHG, box [0, 1] for real images; z_weight = pixel / slice spacing"),
     Baseline("zero_filled", zero_filled, None, description="A^T y: zero-filled MRI"),
     Baseline("cs_wavelet", cs_wavelet, "weight", _WEIGHTS, "db4 wavelet l1 by FISTA (MRI)"),
     Baseline("cs_tv", tv_recon, "weight", _WEIGHTS, "TV compressed sensing (= tv) for MRI"),

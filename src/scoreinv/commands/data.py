@@ -1,5 +1,6 @@
-"""`scoreinv data inspect` / `scoreinv data fetch`: show what a dataset spec would load, and fetch
-the real scans of the built-in datasets ct-real and mri-real (thin layer over scoreinv.data)."""
+"""`scoreinv data inspect` / `scoreinv data fetch` / `scoreinv data phantom3d`: show what a dataset spec
+would load, fetch the real scans of the built-in datasets ct-real and mri-real, and write a procedural
+3-D phantom as a NIfTI volume (thin layer over scoreinv.data)."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +10,13 @@ import math
 import torch
 
 from ..atomic import check_new_output
-from ..data import BUILTIN_DATASETS, DESCRIPTIONS, build_dataset
+from ..data import BUILTIN_DATASETS, DESCRIPTIONS, build_dataset, phantom3d
 from ..data import fetch as fetching
+from ..data.base import check_image_size
 from ..data.folder import check_fractions
 from ..data.readers import skipped_line
 from ..data.registry import MRI_DATASETS
-from ..errors import ScoreinvError, check_int
+from ..errors import ScoreinvError, check_int, check_range
 from ..imaging import save_grid
 from ..physics.mar_spectra import HU_MAX, HU_MIN
 
@@ -25,14 +27,17 @@ HELP = """Inspect training data: what would be loaded, and how it would be split
   scoreinv data inspect scan.nii.gz --values             # also read the value ranges
   scoreinv data inspect phantoms --size 64 --preview phantoms.png
   scoreinv data inspect ct-real --size 256               # real scans: run `scoreinv data fetch ct-real` first
+  scoreinv data inspect phantom3d --size 64 --split test # procedural 3-D phantom volumes
 
 PATH is a folder or a file (DICOM series, NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, InVesalius .inv3,
 fastMRI HDF5 .h5, PNG/TIFF/JPEG, NumPy .npy/.npz), or a built-in dataset: phantoms (textured CT
 phantoms), ellipses (plain CT phantoms), brain (MNI152 template slices), ct-real (real CT of 3
 patients), mri-real (real brain MRI of 2 patients), the last two fetched once with `scoreinv
-data fetch` and split by patient into fixed slabs (the table shows the slice numbers), or mri-mix
-(template slices and mri-real's brain1 for training, docs/data.md). A local
-folder with one of these names must be written with a path (./phantoms).
+data fetch` and split by patient into fixed slabs (the table shows the slice numbers), mri-mix
+(template slices and mri-real's brain1 for training, docs/data.md), or phantom3d (procedural 3-D CT
+phantoms: the slices of whole volumes in order, for volume metrics and coupling; `scoreinv data
+phantom3d` writes one as NIfTI). A local folder with one of these names must be written with a path
+(./phantoms).
 
 For files it lists the volumes found (name, kind, shape (D, H, W), HU or not, split), the
 number of slices, and the split sizes. Volumes are split by patient (DICOM PatientID, else the
@@ -61,16 +66,32 @@ invesalius-examples_*.deb, the extracted files (lung1_image.nrrd, Cranium.inv3, 
 holding any of them. See docs/data.md.
 """
 
+PHANTOM3D_HELP = """Write a procedural 3-D CT phantom (docs/design.md §9.4: ellipsoids with 3-D texture, in HU) as a
+NIfTI volume, to simulate and reconstruct as a whole volume:
+
+  scoreinv data phantom3d --out vol.nii.gz --slices 16 --size 64 --seed 0
+  scoreinv simulate --task ct --views 23 --intensity hu --input vol.nii.gz --out vol.npz
+  scoreinv reconstruct --checkpoint ct64 --measurements vol.npz --solver diffpir --coupling ztv --out vol_ztv.nii.gz
+
+The volume has --slices slices of --size x --size pixels of --pixel-size mm, --z-spacing pixels apart
+(1: isotropic voxels), slices inferior to superior, values in HU over the window [-1024, 3200] (the
+[0, 1] image scale of the models; `simulate --intensity hu` reads it back to the same images). The
+same --seed gives the same volume on every machine; the body kind (head, chest, abdomen) is drawn
+from it unless --kind is given. These volumes are the built-in dataset phantom3d's (whose splits draw
+their own seeds).
+"""
+
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("data", help="inspect datasets, fetch the real scans of ct-real/mri-real",
+    p = subparsers.add_parser("data", help="inspect datasets, fetch the real scans of ct-real/mri-real, write a "
+                              "3-D phantom",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
     q = sub.add_parser("inspect", help="print the volumes, slices and splits a dataset spec would load",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("path", metavar="PATH", help="folder, file, or built-in name (phantoms, ellipses, brain, "
-                   "ct-real, mri-real, mri-mix)")
+                   "ct-real, mri-real, mri-mix, phantom3d)")
     q.add_argument("--size", type=int, default=64, help="model image size S: slices become S x S (default 64)")
     q.add_argument("--split", choices=("train", "val", "test", "all"), default="train",
                    help="split to describe in detail (default train; 'all' for folders only)")
@@ -101,7 +122,41 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "of them, instead of downloading")
     f.add_argument("--overwrite", action="store_true", help="fetch and replace files already in the cache")
     f.set_defaults(func=run_fetch)
+    v = sub.add_parser("phantom3d", help="write a procedural 3-D CT phantom as a NIfTI volume (HU)",
+                       description=PHANTOM3D_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--out", required=True, help="output NIfTI volume (.nii or .nii.gz)")
+    v.add_argument("--slices", type=int, default=16, help="number of slices (default 16)")
+    v.add_argument("--size", type=int, default=64, help="slices are SIZE x SIZE pixels (default 64)")
+    v.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
+    v.add_argument("--pixel-size", type=float, default=1.0, help="pixel side in mm (default 1)")
+    v.add_argument("--z-spacing", type=float, default=1.0, help="slice spacing in pixels (default 1: isotropic "
+                   "voxels)")
+    v.add_argument("--kind", choices=phantom3d.KINDS, help="body kind (default: drawn from the seed)")
+    v.add_argument("--plain", action="store_true", help="no texture: piecewise-constant ellipsoids")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    v.set_defaults(func=run_phantom3d)
     return p
+
+
+def run_phantom3d(args) -> int:
+    if not str(args.out).lower().endswith((".nii", ".nii.gz")):
+        raise ScoreinvError(f"--out {args.out}: expected a .nii or .nii.gz file name")
+    depth = check_int("--slices", args.slices, 1, 4096)
+    size = check_image_size(args.size, "--size")
+    check_int("--seed", args.seed, 0)
+    if not math.isfinite(args.pixel_size) or args.pixel_size <= 0:
+        raise ScoreinvError(f"--pixel-size = {args.pixel_size:g}: expected a positive number (mm)")
+    z = check_range("--z-spacing", args.z_spacing, 1e-3)
+    if not math.isfinite(z):
+        raise ScoreinvError(f"--z-spacing = {z:g}: expected a finite number of pixels")
+    check_new_output(args.out, overwrite=args.overwrite, flag="--out")
+    vol = phantom3d.phantom_volume(depth, size, args.seed, textured=not args.plain, z_spacing=z, kind=args.kind)
+    phantom3d.write_nifti(args.out, vol, pixel_mm=args.pixel_size, z_spacing=z, overwrite=args.overwrite,
+                          description=f"scoreinv phantom3d seed {args.seed}")
+    print(f"wrote {args.out}: phantom3d seed {args.seed}{f' ({args.kind})' if args.kind else ''}, {depth} slice(s) "
+          f"of {size}x{size}, pixel {args.pixel_size:g} mm, slices {args.pixel_size * z:g} mm apart, HU window "
+          f"[{HU_MIN:g}, {HU_MAX:g}]{', plain' if args.plain else ''}")
+    return 0
 
 
 def run_fetch(args) -> int:
@@ -159,7 +214,7 @@ def run_inspect(args) -> int:
     print(f"split     {d['split']}: {d['images']} image(s) of {d['image_size']}x{d['image_size']}, values in [0, 1]")
     if "scans" in d:
         _print_real(d)
-    elif "volumes" not in d:
+    elif not isinstance(d.get("volumes"), list):       # procedural sets (phantom3d: a count of volumes)
         print(f"about     {DESCRIPTIONS.get(d['name'], d['kind'])}")
         for k, v in d.items():
             if k not in ("name", "kind", "split", "images", "image_size"):

@@ -24,8 +24,9 @@ stacked as a batch), so every slice is exactly a 2-D phantom of the same family:
 values in [0, 1] on the HU window of docs/design.md §7.1.
 
 `phantom_volume` gives a seeded (D, 1, S, S) volume; `write_nifti` stores one in HU with its
-affine (the layout of docs/design.md §7.2) for `scoreinv simulate --intensity hu`; `Phantom3D`
-is a dataset of such volumes' slices (volume index per slice, for eval's volume metrics).
+affine (the layout of docs/design.md §7.2) for `scoreinv simulate --intensity hu` (`scoreinv data
+phantom3d --out vol.nii.gz` does both); `Phantom3D` is a dataset of such volumes' slices (volume index
+per slice, for eval's volume metrics), the built-in dataset `phantom3d` of `data.registry`.
 """
 from __future__ import annotations
 
@@ -160,29 +161,32 @@ def volume_affine(depth: int, size: int, pixel_mm: float, z_spacing: float = 1.0
 
 
 def write_nifti(path, vol: torch.Tensor, pixel_mm: float = 1.0, z_spacing: float = 1.0,
-                hu_min: float | None = None, hu_max: float | None = None) -> str:
+                hu_min: float | None = None, hu_max: float | None = None, description: str = "scoreinv phantom3d",
+                overwrite: bool = True) -> str:
     """Write a phantom volume (D, 1, S, S) in [0, 1] as a NIfTI file in HU (the window of
-    docs/design.md §7.1 unless given), atomically; `scoreinv simulate --input PATH --intensity hu` reads it back to
-    the same [0, 1] volume. Returns the path."""
-    import nibabel as nib
-
-    from ..atomic import atomic_path
+    docs/design.md §7.1 unless given) with the affine of `volume_affine`, through `scoreinv.writers`
+    (atomic); `scoreinv simulate --input PATH --intensity hu` reads it back to the same [0, 1] volume.
+    overwrite=False refuses an existing file (`atomic.check_new_output`, flag --out). Returns the path."""
+    from ..atomic import check_new_output
     from ..physics.mar_spectra import HU_MAX, HU_MIN
+    from ..source_record import OutputMeta
+    from ..writers import write_volume
     lo, hi = check_window(HU_MIN if hu_min is None else hu_min, HU_MAX if hu_max is None else hu_max)
+    check_range("z_spacing", z_spacing, 1e-3)
     v = torch.as_tensor(vol)
     if v.ndim != 4 or v.shape[1] != 1 or v.shape[2] != v.shape[3]:
         raise ScoreinvError(f"write_nifti: expected a volume (D, 1, S, S), got shape {tuple(v.shape)}")
-    hu = (lo + v[:, 0].double().numpy() * (hi - lo)).astype(np.float32)
-    img = orientation.display_to_nifti(hu, volume_affine(v.shape[0], v.shape[2], pixel_mm, z_spacing))
-    img.set_sform(img.affine, code=2)
-    img.set_qform(img.affine, code=2)
-    img.header.set_xyzt_units("mm")
-    low = str(path).lower()
-    ext = ".nii.gz" if low.endswith(".nii.gz") else ".nii" if low.endswith(".nii") else None
-    if ext is None:
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
         raise ScoreinvError(f"write_nifti: {str(path)!r}: expected a .nii or .nii.gz file name")
-    with atomic_path(path, suffix=ext) as tmp:
-        nib.save(img, str(tmp))
+    check_new_output(path, overwrite=overwrite, flag="--out")
+    d, s = v.shape[0], v.shape[2]
+    ras = volume_affine(d, s, pixel_mm, z_spacing)
+    lps = orientation.LPS @ ras                      # the writers' frame is DICOM LPS (writers docstring)
+    corners = lps @ np.stack([np.arange(d), np.zeros(d), np.zeros(d), np.ones(d)])
+    meta = OutputMeta(modality="CT", offset=lo, scale=hi - lo, units="HU", pixel_spacing=(pixel_mm, pixel_mm),
+                      slice_thickness=pixel_mm * z_spacing, orientation=[1.0, 0, 0, 0, 1.0, 0],
+                      positions=corners[:3].T.tolist(), description=description)
+    write_volume(path, v[:, 0].double().numpy(), meta, kind="image")
     return str(path)
 
 

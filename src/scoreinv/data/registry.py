@@ -1,7 +1,7 @@
 """build_dataset: the one entry point from a dataset spec to a dataset object.
 
-    build_dataset("phantoms" | "ellipses" | "brain" | "ct-real" | "mri-real" | "mri-mix" | PATH, split,
-                  image_size, seed=0, **options)
+    build_dataset("phantoms" | "ellipses" | "brain" | "ct-real" | "mri-real" | "mri-mix" | "phantom3d" | PATH,
+                  split, image_size, seed=0, **options)
 
 Options are checked against the chosen dataset's own list (OPTIONS); an unknown option, an
 unknown name that is not an existing path, or an empty split raises ScoreinvError. The generic
@@ -18,7 +18,7 @@ from ..errors import ScoreinvError
 from ..physics.mar_spectra import HU_MAX, HU_MIN
 from .base import SliceDataset
 
-BUILTIN_DATASETS = ("phantoms", "ellipses", "brain", "ct-real", "mri-real", "mri-mix")
+BUILTIN_DATASETS = ("phantoms", "ellipses", "brain", "ct-real", "mri-real", "mri-mix", "phantom3d")
 REAL_DATASETS = ("ct-real", "mri-real")      # fetched once with `scoreinv data fetch NAME` (realdata, fetch)
 MRI_DATASETS = ("brain", "mri-real", "mri-mix")   # brain MRI: validation reconstructs MRI for these
 _PROC = ("n_train", "n_val", "n_test")
@@ -30,6 +30,7 @@ OPTIONS = {
     "ct-real": (),
     "mri-real": (),
     "mri-mix": ("real_fraction", "contrasts", "deform", "noise", "bias", *_PROC),
+    "phantom3d": ("volumes", "depth", "z_spacing", "textured"),
     "folder": ("axis", "normalize", "hu_min", "hu_max", "fractions", "fit", "split_by", "cache_mb",
                "h5_key", "npz_key"),
 }
@@ -43,6 +44,8 @@ DESCRIPTIONS = {
                 "`scoreinv data fetch mri-real`",
     "mri-mix": "brain MRI mixture: mri-real (brain1 train/val, brain2 test) and brain (MNI152 template slices, "
                f"native 1 mm grid at 256); training batches {MRI_MIX_REAL_FRACTION:.0%} real",
+    "phantom3d": "procedural 3-D CT phantoms in HU (ellipsoids with 3-D texture, docs/design.md §9.4): whole volumes "
+                 "in slice order, 2 volumes of 16 slices per split by default",
 }
 
 
@@ -68,8 +71,9 @@ def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -
 
     spec: "phantoms" (textured CT phantoms), "ellipses" (plain CT phantoms), "brain" (MNI152
     slices), "ct-real" / "mri-real" (real scans fetched by `scoreinv data fetch`; see realdata),
-    "mri-mix" (`mri_mix`), or a folder/file path. split: "train" | "val" | "test" | "all" ("all"
-    for paths only).
+    "mri-mix" (`mri_mix`), "phantom3d" (`phantom3d.Phantom3D`: the slices of `volumes` procedural
+    volumes of `depth` slices, in order, with their (volume, slice) index), or a folder/file path.
+    split: "train" | "val" | "test" | "all" ("all" for paths only).
     """
     options = {k: v for k, v in options.items() if v is not None}
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
@@ -82,6 +86,9 @@ def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -
         if spec == "brain":
             from .brain import BrainDataset
             return BrainDataset(split, image_size, seed, **options)
+        if spec == "phantom3d":
+            from .phantom3d import Phantom3D
+            return Phantom3D(split, image_size, seed, **options)
         from .procedural import PhantomDataset
         return PhantomDataset(split, image_size, seed, textured=spec == "phantoms", **options)
     if not isinstance(spec, (str, os.PathLike)):
