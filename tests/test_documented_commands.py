@@ -188,6 +188,16 @@ RUNS: dict[str, Run] = {
     "--set solver.snr=0.2 --out series.dcm": Run(
         [("--set solver.snr=0.2", "--set solver.snr=0.2 --no-progress")], [r"tune/ct23-projection\.yaml", r"snr"],
         ["series.dcm"]),
+    "scoreinv reconstruct --checkpoint ct64 --measurements cases/ --solver dds --out recon/ --format nii.gz": Run(
+        [("--solver dds", "--solver dds --steps 3 --no-progress")],
+        [r"case0\.npz -> case0\.nii\.gz", r"batch: 2 reconstructed, 0 skipped", r"wrote recon/manifest\.json"],
+        ["recon/case0.nii.gz", "recon/case1.nii.gz", "recon/manifest.json"]),
+    "torchrun --standalone --nproc-per-node 2 -m scoreinv.cli reconstruct --checkpoint ct64 --measurements cases/ "
+    "--solver dds --out recon/": Run(
+        [("--solver dds", "--solver dds --steps 3 --no-progress")],
+        [r"^\[rank 0/2\] \[1/1\] case0\.npz: skipped", r"^\[rank 1/2\] \[1/1\] case1\.npz: skipped",
+         r"^\[rank 0/2\] batch: 0 reconstructed, 1 skipped .*wrote recon/manifest\.json"],
+        ["recon/manifest.json"]),
     "scoreinv eval --checkpoint ct64 --task ct --views 23 --data phantoms --split test "
     "--solvers fbp,tv,projection,dds --num-images 16 --out results/ct23": Run(
         [("--num-images 16", "--num-images 1" + FEW)], [r"fbp", r"tv", r"projection", r"dds"],
@@ -199,6 +209,11 @@ RUNS: dict[str, Run] = {
     "--set projection.steps=20 --out results/mar": Run(
         [("projection.steps=20", "projection.steps=2 --num-images 1 --val-images 1")], [r"li", r"nmar"],
         ["results/mar/summary.json"]),
+    "torchrun --standalone --nproc-per-node 2 -m scoreinv.cli eval --checkpoint ct64 --task ct --views 23 "
+    "--data phantoms --solvers fbp,dds --num-images 16 --out results/ct23_sharded": Run(
+        [("--num-images 16", "--num-images 2 --batch-size 1" + FEW)],
+        [r"^\[rank 1/2\] \[dds\] batch 2/2", r"wrote results/ct23_sharded/summary\.json"],
+        ["results/ct23_sharded/summary.json"]),
     # volumes (README "Volumes"; data/bench --help)
     "scoreinv data inspect phantom3d --size 64 --split test": Run([("--size 64", "--size 16")],
                                                                  [r"^dataset   phantom3d", r"^volumes   2"]),
@@ -244,6 +259,11 @@ def make_inputs(root: Path) -> None:
         (brats / f"sub{p}").mkdir(parents=True)
         nib.save(nib.Nifti1Image(vol * (1 + p), np.eye(4)), str(brats / f"sub{p}" / "t1.nii.gz"))
     shutil.copy(root / "brain.nii.gz", root / "scan.nii.gz")
+    cases = root / "cases"         # measurement files for the batch lines of `reconstruct --help`
+    cases.mkdir()
+    for k, src in enumerate(("slice.dcm", "slice.png")):
+        assert main(["simulate", "--task", "ct", "--views", "23", "--input", str(root / src), "--size", "64",
+                     "--out", str(cases / f"case{k}.npz")]) == 0
 
 
 def _run_line(line: str, run: Run, root: Path) -> str:

@@ -23,6 +23,14 @@ torch versions, thread count, device: `runinfo.environment`). Score-solver setti
 measurement noise level of the simulated data and, when they warm-start, the classical
 reconstruction from the baselines' data (`sampling.inputs.problem_inputs`).
 
+Sharding under torchrun (`scoreinv.batch.Shard`): rank r of N evaluates the batches b with b mod N = r
+and writes their parts (per-batch files: no two ranks write one); eval.json and the baseline weights
+are written by rank 0 before a barrier, and after a final barrier rank 0 merges the parts into the
+outputs above. The randomness of a batch (masks, noise, implants: seed "problem", b; samplers: seed
+"solve", method, b) depends on its index b alone, never on the rank or the world size, so a sharded run
+writes the rows and means of a single-process one; sharding by whole batches also keeps the slices a
+coupled solver couples together. Resuming works across world sizes (the parts are per batch).
+
 Volumes (docs/design.md §9.3): when the dataset lists each image's (volume, slice) (`index`: ct-real,
 mri-real, folders of volumes, phantom3d), every run of two or more consecutive slices of one volume
 among the evaluated images is scored as a volume too, and each summary record gets `volume`: the
@@ -48,6 +56,7 @@ import torch
 from . import atomic
 from .atomic import check_new_output
 from .baselines import BASELINES, choose_weight, get_baseline
+from .batch import Shard
 from .data.base import derive_seed
 from .errors import ScoreinvError, check_int
 from .metrics import VOLUME_METRICS, compute_metrics, summarise, volume_metrics
@@ -299,9 +308,10 @@ def choose_baseline_params(methods, problem: Problem, cache: Path, key: str, log
         m.params[entry[m.name]["param"]] = entry[m.name]["value"]
 
 
-def check_config(path: Path, config: dict) -> dict:
+def check_config(path: Path, config: dict, write: bool = True) -> dict:
     """Compare `config` with the one stored at `path` (refuse another configuration; solvers may be
-    added, a solver's parameters must match); store the union; return it."""
+    added, a solver's parameters must match); store the union (unless not `write`: ranks other than
+    0 of a sharded run only compare); return it."""
     if path.exists():
         old = json.loads(path.read_text())
         diff = sorted(config_diff(old, config, skip="methods"))
@@ -312,7 +322,8 @@ def check_config(path: Path, config: dict) -> dict:
             raise ScoreinvError(f"{path.parent} holds results of another configuration (differs in: "
                                 f"{', '.join(diff)}); use another --out or remove it")
         config = {**old, "methods": {**old.get("methods", {}), **config["methods"]}}
-    atomic.write_text(path, json.dumps(config, indent=1, sort_keys=True))
+    if write:
+        atomic.write_text(path, json.dumps(config, indent=1, sort_keys=True))
     return config
 
 
@@ -394,12 +405,15 @@ def _check_same_images(out: Path, dataset, idx: np.ndarray) -> None:
 def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_images: int, *, data_id: str,
              split: str, model=None, model_id: str | None = None, samples: int = 1, seed: int = 0,
              batch_size: int = 4, device="cpu", val_dataset=None, n_val: int = 4, figure_images: int = 4,
-             log=print) -> list[dict]:
-    """Run (or resume) an evaluation; write the files of the module docstring; return summary records.
+             log=print, shard: Shard | None = None) -> list[dict]:
+    """Run (or resume) an evaluation; write the files of the module docstring; return summary records
+    (on rank 0; [] on the other ranks of a sharded run).
 
     dataset: the split to evaluate (ds[i] -> (1, S, S)); val_dataset: a callable returning the
-    validation split (needed only for baselines whose parameter must be chosen).
+    validation split (needed only for baselines whose parameter must be chosen); shard: this
+    process's share under torchrun (module docstring; default: one process, every batch).
     """
+    shard = shard or Shard()
     out = Path(out_dir)
     check_int("--num-images", num_images)
     if num_images > len(dataset):
@@ -422,17 +436,25 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
     config = {"version": CONFIG_VERSION, "task": options.to_dict(), "data": data_id, "split": split,
               "seed": seed, "batch_size": batch_size, "samples": samples, "model": model_id,
               "methods": {m.name: record(m.params) if m.kind == "score" else m.params for m in methods}}
-    check_config(out / "eval.json", config)
+    check_config(out / "eval.json", config, write=shard.lead)
     key = f"{options.task}|{options.setting()}|{data_id}"
-    if any(m.kind == "baseline" and BASELINES[m.name].param and not m.params for m in methods):
-        if val_dataset is None:
-            raise ScoreinvError("choosing baseline weights needs validation data (val_dataset)")
+    choose = any(m.kind == "baseline" and BASELINES[m.name].param and not m.params for m in methods)
+    if choose and val_dataset is None:
+        raise ScoreinvError("choosing baseline weights needs validation data (val_dataset)")
+
+    def weights():
         vds = val_dataset()
         x_val = load_images(vds, range(min(n_val, len(vds))))
         vp = build_problem(x_val, options, torch.Generator().manual_seed(derive_seed(seed, "problem-val")))
         choose_baseline_params(methods, vp, out / "weights.json", key, log)
+    if choose and shard.lead:
+        weights()
+    shard.barrier()
+    if choose and not shard.lead:        # every weight is cached by now: read, not written
+        weights()
     names = TASK_METRICS[options.task]
-    for b, idx in enumerate(batches):
+    for b in shard.mine(len(batches)):
+        idx = batches[b]
         truth_path = out / "parts" / "truth" / f"b{b:05d}.npz"
         todo = [m for m in methods if _load_part(out / "parts" / m.name / f"b{b:05d}.npz", idx) is None]
         if not todo and _load_part(truth_path, idx) is not None:
@@ -454,8 +476,11 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
             atomic.savez(out / "parts" / m.name / f"b{b:05d}.npz", idx=idx, x=xr.numpy(), seconds=sec, nfe=nfe, env=env,
                          **({"std": std.numpy()} if std is not None else {}),
                          **{f"m_{k}": v for k, v in vals.items()})
-            log(f"[{m.name}] batch {b + 1}/{len(batches)} ({len(idx)} images): {sec:.1f} s, "
+            log(f"{shard.tag}[{m.name}] batch {b + 1}/{len(batches)} ({len(idx)} images): {sec:.1f} s, "
                 f"PSNR {float(vals['psnr'].mean()):.2f}, SSIM {float(vals['ssim'].mean()):.3f}")
+    shard.barrier()              # every part is written: rank 0 merges them
+    if not shard.lead:
+        return []
     return _write_outputs(out, options, methods, batches, names, data_id, split, samples, figure_images, log, vindex)
 
 

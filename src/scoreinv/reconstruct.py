@@ -221,8 +221,10 @@ def volume_geometry(positions, slices: list[int], where: str) -> float | None:
 def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None, steps: int | None = None,
          samples: int = 1, sets: dict | None = None, preset: str | None = None, batch_size: int = 8,
          seed: int = 0, device: str = "auto", ct_operator: str | None = None, slices: str | None = None,
-         overwrite: bool = False, report: str | None = None, coupling: str | None = None) -> Plan:
-    """Load and check everything; raises ScoreinvError before any sampling (module docstring)."""
+         overwrite: bool = False, report: str | None = None, coupling: str | None = None,
+         loaded: tuple | None = None) -> Plan:
+    """Load and check everything; raises ScoreinvError before any sampling (module docstring).
+    loaded: (model, model config) of `checkpoint` already loaded on `device` (a batch run loads it once)."""
     check_int("--samples", samples)
     check_int("--batch-size", batch_size)
     writers.output_format(out)
@@ -254,7 +256,7 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
         except ScoreinvError:       # not an evenly spaced volume: slice metrics only
             spacing, volume = None, False
     dev = resolve_device(device)
-    model, model_cfg = load_score_model(checkpoint, device=dev)
+    model, model_cfg = loaded or load_score_model(checkpoint, device=dev)
     check_model_size(model_cfg, *meas.image_size,
                      what=f"{measurements}: the images of the operator ({op.name}) for checkpoint {checkpoint!r}")
     if ct_operator is not None:

@@ -9,6 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ..batch import sharded
 from ..data.base import check_image_size
 from ..errors import check_int
 from ..evaluate import check_out_dir, evaluate, resolve_methods
@@ -32,6 +33,13 @@ more --solvers extend it; a folder holding another configuration, or files that 
 does not write, is refused. Each summary record holds the environment it ran in (scoreinv and
 torch versions, torch thread count, device): results repeat bit for bit at the same thread
 count, not across thread counts.
+
+Under torchrun rank r of N evaluates the batches r, r + N, ... (one process per GPU) and writes
+their parts; rank 0 then merges every part into the files above, which equal a single process's
+(the randomness of a batch depends on its index, not on the rank), up to the seconds columns:
+
+  torchrun --standalone --nproc-per-node 2 -m scoreinv.cli eval --checkpoint ct64 --task ct --views 23 \\
+      --data phantoms --solvers fbp,dds --num-images 16 --out results/ct23_sharded
 
 Solvers: score solvers baseline, langevin, langevin_projection, projection, dds, dps, ddrm
 (MRI, or CT with --ct-operator fourier), diffpir (need --checkpoint); classical baselines by
@@ -181,17 +189,23 @@ def run(args) -> int:
     methods = resolve_methods(args.solvers, opts.task, args.steps, parse_sets(args.set), presets,
                               noisy_level(opts.task, opts.noise), args.checkpoint)
     check_out_dir(Path(args.out))
-    for m in methods:
-        if m.kind == "score":
-            print(f"eval: {m.origin}", flush=True)
-    model, fingerprint, size, device = load_model(args, any(m.name in SOLVERS for m in methods))
-    ds = load_split(args, args.split, size)
-    did = data_id(args.data)
-    if args.pick == "spread":      # the pick is part of the data's identity: a resumed run must repeat it
-        ds = _spread(ds, args.num_images, "--num-images")
-        did = f"{did} [spread {args.num_images}]"
-    evaluate(args.out, opts, ds, methods, args.num_images, data_id=did, split=args.split,
-             model=model, model_id=fingerprint, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
-             device=device, val_dataset=lambda: _val(args, size), n_val=args.val_images)
-    print(f"wrote {os.path.join(args.out, 'summary.json')}, metrics.csv, reconstructions.npz, comparison.png")
+    with sharded(args.device) as shard:
+        for m in methods:
+            if m.kind == "score" and shard.lead:
+                print(f"eval: {m.origin}", flush=True)
+        model, fingerprint, size, device = load_model(args, any(m.name in SOLVERS for m in methods))
+        ds = load_split(args, args.split, size)
+        did = data_id(args.data)
+        if args.pick == "spread":      # the pick is part of the data's identity: a resumed run must repeat it
+            ds = _spread(ds, args.num_images, "--num-images")
+            did = f"{did} [spread {args.num_images}]"
+        evaluate(args.out, opts, ds, methods, args.num_images, data_id=did, split=args.split,
+                 model=model, model_id=fingerprint, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+                 device=device, val_dataset=lambda: _val(args, size), n_val=args.val_images, shard=shard,
+                 log=shard.say)
+    if shard.lead:
+        print(f"wrote {os.path.join(args.out, 'summary.json')}, metrics.csv, reconstructions.npz, comparison.png")
+    else:
+        shard.say(f"{shard.tag}done: {len(shard.mine(-(-args.num_images // args.batch_size)))} batch(es); rank 0 "
+                  "wrote the merged summary")
     return 0

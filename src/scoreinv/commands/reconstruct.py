@@ -6,6 +6,8 @@ import json
 import math
 
 from .. import atomic
+from ..batch import FORMATS, is_batch, reconstruct_many, sharded
+from ..errors import ScoreinvError
 from ..metrics import PLANES, summarise
 from ..reconstruct import plan, run as run_plan, summary
 from ..sampling.settings import COUPLINGS, parse_sets
@@ -54,6 +56,22 @@ With --samples K > 1 the output is the posterior mean and, beside it, the pixel-
 deviation (recon_std.npy, recon_std.png, ...). Slices are solved --batch-size images at a time
 (K samples of a slice count K images).
 
+Many inputs: --measurements takes several files, a folder (its *.npz files, by name) or a .txt list
+(one path per line, relative to the list's folder); --out is then a folder holding one output per
+input, named after it (case01.npz -> case01.nii.gz; --format npy, nii.gz, nii, dcm or png, default
+nii.gz), and manifest.json: per input its sha256, output files, the settings hash, its status and
+seconds. Each output is written atomically and only then recorded as done, so rerunning the same
+command after a kill skips what is done (same settings, unchanged input) and redoes the rest; a
+folder of other settings is refused unless --overwrite (which redoes every input). An input that
+fails is recorded as failed, the others go on, and the command exits with status 2. Under torchrun
+rank r of N takes inputs r, r + N, ... (one process per GPU, cuda:LOCAL_RANK) and writes only
+manifest.rank{r}.json; when all are done rank 0 merges them into manifest.json. Every input gets
+--seed, so its output is what a run on that file alone writes, however the inputs are sharded:
+
+  scoreinv reconstruct --checkpoint ct64 --measurements cases/ --solver dds --out recon/ --format nii.gz
+  torchrun --standalone --nproc-per-node 2 -m scoreinv.cli reconstruct --checkpoint ct64 \\
+      --measurements cases/ --solver dds --out recon/
+
 Outputs: .npy (float32 (S, H, W), or (H, W) for one slice, image scale [0, 1]); .png (the slice,
 or a grid of all slices); .nii/.nii.gz (original units, e.g. HU for CT; affine from the DICOM
 geometry or the pixel size); .dcm (one file for one slice, else a folder NAME/ of IM_0001.dcm ...:
@@ -67,8 +85,13 @@ def register(sub) -> argparse.ArgumentParser:
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint file, training work directory, or shipped model name")
-    p.add_argument("--measurements", required=True, help="measurement file (.npz from `scoreinv simulate`)")
-    p.add_argument("--out", required=True, help="output: .npy, .png, .nii, .nii.gz or .dcm")
+    p.add_argument("--measurements", required=True, nargs="+", metavar="PATH",
+                   help="measurement file (.npz from `scoreinv simulate`); several files, a folder of them or a "
+                        ".txt list reconstruct each into the folder --out")
+    p.add_argument("--out", required=True, help="output: .npy, .png, .nii, .nii.gz or .dcm; with several inputs "
+                   "a folder")
+    p.add_argument("--format", choices=tuple(FORMATS), help="with several inputs: the format of each output "
+                   "(default nii.gz)")
     p.add_argument("--solver", help="baseline, langevin, langevin_projection, projection, dds, dps, ddrm or "
                    "diffpir (default: the preset's)")
     p.add_argument("--preset", metavar="FILE", help="solver preset YAML written by `scoreinv tune` "
@@ -92,13 +115,19 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="JSON", help="also write a JSON record of the run (settings and their "
                    "origin, environment, NFE, time, metrics, files)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (--out, its _std map, "
-                   "--report)")
+                   "--report); with several inputs: redo every input, whatever the folder's manifest holds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
+    if is_batch(args.measurements):
+        return run_many(args)
+    if args.format is not None:
+        raise ScoreinvError(f"--format {args.format}: applies to several inputs (a folder, a .txt list or several "
+                            "files in --measurements); one output takes its format from the --out name")
+    args.measurements = args.measurements[0]
     p = plan(args.checkpoint, args.measurements, args.out, solver=args.solver, steps=args.steps,
              samples=args.samples, sets=parse_sets(args.set), preset=args.preset, batch_size=args.batch_size,
              seed=args.seed, device=args.device, ct_operator=args.ct_operator, slices=args.slices,
@@ -132,3 +161,21 @@ def run(args) -> int:
         atomic.write_text(args.report, json.dumps(summary(p, r), indent=2))
         print(f"wrote {args.report}")
     return 0
+
+
+def run_many(args) -> int:
+    """Several inputs into the folder --out, this process's share under torchrun (scoreinv.batch)."""
+    if args.report:
+        raise ScoreinvError("--report: one record per run of one file; with several inputs the folder's "
+                            "manifest.json records each input")
+    with sharded(args.device) as shard:
+        r = reconstruct_many(args.checkpoint, args.measurements, args.out, args.format or "nii.gz", shard=shard,
+                             overwrite=args.overwrite, progress=not args.no_progress, solver=args.solver,
+                             steps=args.steps, samples=args.samples, sets=parse_sets(args.set), preset=args.preset,
+                             batch_size=args.batch_size, seed=args.seed, device=args.device,
+                             ct_operator=args.ct_operator, slices=args.slices, coupling=args.coupling)
+    shard.say(f"{shard.tag}batch: {len(r.done)} reconstructed, {len(r.skipped)} skipped (done before), "
+              f"{len(r.failed)} failed" + (f"; wrote {r.manifest}" if r.manifest else ""))
+    for src, _ in r.failed:
+        shard.say(f"{shard.tag}failed: {src} (a rerun of the same command retries it)")
+    return 2 if r.failed else 0

@@ -12,6 +12,13 @@
 - `radial_mask`: equally spaced radial spokes (lines through DC) rasterised on the grid,
   as many spokes as needed to reach the requested acceleration.
 
+Every mask must sample the k-space centre, DC at (H//2, W//2) (`check_centre`): without it the
+image's mean and its coarsest shape are not measured and a reconstruction must invent them. The
+random and variable-density rules always keep a centre (they refuse a centre fraction that
+rounds to nothing); the reference's equispaced rule keeps no centre band when W · n_keep < 500
+(e.g. 64 columns above 8x, 16 columns at 4x), and `make_mask(..., require_centre=True)`, what the
+commands ask for, refuses it then.
+
 Written here rather than taken from a library: fastMRI / sigpy are heavy dependencies for a
 few lines each, and the reference's equispaced rule is specific to that paper.
 """
@@ -34,6 +41,18 @@ def _check_shape(shape) -> tuple[int, int]:
     if h < 2 or w < 2:
         raise ScoreinvError(f"mask shape: expected H, W >= 2, got {(h, w)}")
     return h, w
+
+
+def check_centre(mask: torch.Tensor, what: str = "mask", hint: str = "") -> torch.Tensor:
+    """Raise unless the (H, W) mask samples the k-space centre, DC at (H//2, W//2); return it.
+    `hint`: what to change, appended to the message."""
+    h, w = mask.shape[-2:]
+    if not bool(mask[..., h // 2, w // 2].all()):
+        cols = int(mask.reshape(-1, w).any(0).sum())
+        raise ScoreinvError(f"{what}: samples no k-space centre line (DC, column {w // 2} of {w}, is not measured; "
+                            f"{cols} column(s) sampled in all), so the image's mean and coarse shape are unknown; "
+                            f"expected a mask through the centre{hint}")
+    return mask
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -129,6 +148,10 @@ def variable_density_mask(shape, acceleration: float, center_fraction: float = 0
     sigma = check_range("sigma", sigma, 1e-3, None)
     n_total = max(1, int(round(h * w / r)))
     side = int(round(center_fraction * min(h, w)))
+    if side < 1:
+        raise ScoreinvError(f"variable-density mask: center_fraction {center_fraction:g} of {min(h, w)} leaves no "
+                            f"calibration square (round({min(h, w)} x {center_fraction:g}) = 0); expected a "
+                            f"center_fraction of at least {0.5 / min(h, w):.3g}")
     mask = torch.zeros(h, w, dtype=torch.bool)
     y0, x0 = h // 2 - side // 2, w // 2 - side // 2
     mask[y0:y0 + side, x0:x0 + side] = True
@@ -186,8 +209,12 @@ def radial_mask(shape, acceleration: float | None = None, n_spokes: int | None =
 
 
 def make_mask(kind: str, shape, acceleration: float, center_fraction: float | None = None,
-              seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+              seed: int | None = None, generator: torch.Generator | None = None,
+              require_centre: bool = False) -> torch.Tensor:
     """Build a (H, W) bool k-space mask of `kind` in MASK_KINDS at acceleration R.
+
+    require_centre: refuse a mask that does not sample DC (`check_centre`; module docstring), for
+    the commands; off by default so that the reference's rule can be reproduced at any size.
 
     equispaced: the reference's mask with n_keep = round(W / R) (R = 24, 8, 4 at W = 240 give
     10, 31, 60 columns; R = 8, 4 at W = 256 give 32, 64 with centre bands of 8, 16); random:
@@ -202,10 +229,18 @@ def make_mask(kind: str, shape, acceleration: float, center_fraction: float | No
         raise ScoreinvError(f"acceleration = {acceleration:g} is more than the {most} "
                             f"{'columns' if most == w else 'points'} of a {h}x{w} k-space; expected 1 to {most}")
     if kind == "equispaced":
-        return equispaced_mask((h, w), max(1, int(round(w / r))))
-    if kind == "random":
-        return random_mask((h, w), r, center_fraction, seed, generator)
-    if kind == "variable_density":
-        return variable_density_mask((h, w), r, 0.04 if center_fraction is None else center_fraction,
-                                     seed=seed, generator=generator)
-    return radial_mask((h, w), acceleration=r)
+        m = equispaced_mask((h, w), max(1, int(round(w / r))))
+    elif kind == "random":
+        m = random_mask((h, w), r, center_fraction, seed, generator)
+    elif kind == "variable_density":
+        m = variable_density_mask((h, w), r, 0.04 if center_fraction is None else center_fraction,
+                                  seed=seed, generator=generator)
+    else:
+        m = radial_mask((h, w), acceleration=r)
+    if require_centre:
+        n_keep = max(1, int(round(w / r)))
+        check_centre(m, f"{kind} mask at acceleration {acceleration:g} on {w} columns",
+                     f" (the reference's equispaced rule keeps round({w} x {n_keep} / 1000) = "
+                     f"{int(round(w * n_keep / 1000))} centre columns here): a random mask, a lower acceleration or "
+                     "more columns" if kind == "equispaced" else "")
+    return m

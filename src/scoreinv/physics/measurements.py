@@ -164,6 +164,10 @@ class Measurements:
         missing = [k for k in needed if k not in self.arrays]
         if missing:
             raise ScoreinvError(f"{where}operator {kind!r} needs array(s) {', '.join('op_' + k for k in missing)}")
+        if "mask" in needed and tuple(np.shape(self.arrays["mask"])) != tuple(self.image_size):
+            raise ScoreinvError(f"{where}op_mask has shape {tuple(np.shape(self.arrays['mask']))}; the k-space mask "
+                                f"must fit the images: expected image_size {tuple(self.image_size)} (one sample "
+                                "per pixel, DC at (H//2, W//2))")
         try:
             op = build(self.spec, self.arrays)
         except ScoreinvError as e:

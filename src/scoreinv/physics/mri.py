@@ -2,7 +2,10 @@
 
 k-space convention: DC at index (H // 2, W // 2) (fftshift layout), orthonormal scaling, so T
 is unitary: ||T x|| = ||x|| and T^{-1} = T^H. This matches the reference's
-`fftshift(fft2(ifftshift(x))) / N` for N x N images.
+`fftshift(fft2(ifftshift(x))) / N` for N x N images. Odd sizes are handled, not refused: the
+same layout is exact for odd H or W (DC at the middle sample, the mirror of k at (2 (n // 2) − k)
+mod n, no unpaired Nyquist sample), and matrices such as 255 or 175 occur in real scans; the
+limits on size are the prior's (`score.check_model_size`).
 
 The measurement is the full k-space grid with zeros off the mask, shape (B, H, W) complex;
 hence P(Λ) ("restrict") and P(Λ)^{-1} ("embed") are both multiplication by the mask, and the
@@ -54,6 +57,15 @@ def mirror(z: torch.Tensor) -> torch.Tensor:
     """z(-k) over the last two axes (fftshift layout): (..., H, W) -> (..., H, W)."""
     h, w = z.shape[-2:]
     return z.index_select(-2, mirror_index(h, z.device)).index_select(-1, mirror_index(w, z.device))
+
+
+def check_kspace(y: torch.Tensor, where: str, name: str = "measurement") -> torch.Tensor:
+    """Raise unless y is complex k-space (a real array cannot hold the phase of each sample: the
+    magnitude of a k-space, or a real image given where k-space is expected); return y."""
+    if torch.is_tensor(y) and not y.is_complex():
+        raise ScoreinvError(f"{name}: real {str(y.dtype).replace('torch.', '')} values given to {where}; expected "
+                            "complex k-space (each sample's real and imaginary part, e.g. complex64)")
+    return y
 
 
 def as_kspace_mask(mask, shape: tuple[int, int] | None = None, name: str = "mask") -> torch.Tensor:
@@ -114,6 +126,10 @@ class CartesianMRI(LinearOperator):
 
     def _mask(self, ref: torch.Tensor) -> torch.Tensor:
         return self.mask.to(ref.device)
+
+    def check_measurement(self, y: torch.Tensor, name: str = "measurement") -> torch.Tensor:
+        """Raise unless y is finite complex k-space of shape (B, H, W) (base class; `check_kspace`)."""
+        return check_kspace(super().check_measurement(y, name), self.name, name)
 
     def _out(self, z: torch.Tensor) -> torch.Tensor:
         return (z if self.complex_image else z.real).unsqueeze(1)
@@ -298,6 +314,10 @@ class PhasedMRI(LinearOperator):
     def acceleration(self) -> float:
         """Number of k-space grid points divided by the number sampled."""
         return self.mask.numel() / float(self.mask.sum())
+
+    def check_measurement(self, y: torch.Tensor, name: str = "measurement") -> torch.Tensor:
+        """Raise unless y is finite complex k-space of shape (B, H, W) (base class; `check_kspace`)."""
+        return check_kspace(super().check_measurement(y, name), self.name, name)
 
     def _unit(self, ref: torch.Tensor) -> torch.Tensor:
         """e^{iφ} as (B or 1, H, W) complex of ref's precision, on ref's device."""
