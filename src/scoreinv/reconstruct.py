@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import writers
+from . import ood, writers
 from .atomic import check_new_output
 from .errors import ScoreinvError, check_choice, check_int
 from .metrics import compute_metrics, volume_metrics
@@ -305,11 +305,6 @@ class Result:
     volume: dict = field(default_factory=dict)    # volume metrics (docs/design.md §9.3) when the slices form a volume
 
 
-def _relative_residual(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    r = (op.forward(x) - y).abs().flatten(1).norm(dim=1)
-    return (r / y.abs().flatten(1).norm(dim=1).clamp_min(1e-30)).cpu()
-
-
 def run(p: Plan, progress: bool = True) -> Result:
     """Sample every selected slice in batches of about `batch_size` images (a coupled volume: all slices in
     one call, the network `batch_size` images at a time), then write the outputs."""
@@ -329,7 +324,7 @@ def run(p: Plan, progress: bool = True) -> Result:
                                 **inputs, **({"network_batch": p.batch_size} if coupled else {}))
         means.append(out["mean"].float().cpu())
         stds.append(out["std"].float().cpu())
-        res.append(_relative_residual(slice_operator(p.op, slice(i0, i1)), out["mean"], p.meas.y[i0:i1].to(p.device)))
+        res.append(ood.relative_residual(slice_operator(p.op, slice(i0, i1)), out["mean"], p.meas.y[i0:i1].to(p.device)))
         nfe = int(out["nfe"])
         bar.update(i1 - i0)
     bar.close()
