@@ -139,7 +139,7 @@ def run(args) -> int:
             yield todo[i:i + args.batch]
 
     for b in batches(st.missing(keys, "clean")):
-        e = ood.denoising_error(model, torch.stack([images[k] for k in b]))
+        e = ood.statistic(model, torch.stack([images[k] for k in b]))
         for k, row in zip(b, e.tolist()):
             st.put(k, "clean", row)
         st.save()
@@ -147,7 +147,7 @@ def run(args) -> int:
         t = tag(r, 0.0)
         for b in batches(st.missing(keys, f"zf_{t}")):
             p = mask_problem(torch.stack([images[k] for k in b]), r)
-            e = ood.denoising_error(model, p.naive.float())
+            e = ood.statistic(model, p.naive.float())
             for i, k in enumerate(b):
                 st.put(k, f"zf_{t}", e[i].tolist())
                 st.put(k, f"psnr_zf_{t}", float(psnr(p.naive.float()[i:i + 1], p.x[i:i + 1])))
@@ -165,7 +165,7 @@ def run(args) -> int:
                 x, _ = solve(model, p.op, p.y, settings, torch.Generator().manual_seed(1), **inputs)
                 secs = time.perf_counter() - t0
                 recs = ood.check(model, p.op, p.y, x.float(), ref, inputs["sigma_y"])
-                e = ood.denoising_error(model, x.float())
+                e = ood.statistic(model, x.float())
                 for i, k in enumerate(b):
                     st.put(k, f"rec_{t}", e[i].tolist())
                     st.put(k, f"rho_{t}", recs[i].residual)
@@ -235,10 +235,10 @@ def tables(st: Stats, keys, accs, noises, ref, zref) -> str:
     lines += ["", "| setting | " + " | ".join(f"{g}: warned / images" for g in GROUPS) + " |",
               "|---|" + "---|" * len(GROUPS)]
     lines += [f"| {t} | " + " | ".join(f"{fired[t][g][0]} / {fired[t][g][1]}" for g in GROUPS) + " |" for t in sets]
-    errs = ", ".join(f"{v:.2e}" for v in ref["mse"])
+    errs = ", ".join(f"{v:.3g}" for v in ref["ratio"])
     lines.append(f"\nthresholds: τ > {ood.TYPICALITY_THRESHOLD:g}, ρ > {ood.RESIDUAL_FACTOR:g} ν + "
                  f"{ood.RESIDUAL_FLOOR:g}; reference ({ref.get('dataset')} {ref.get('split')}, {ref['images']} "
-                 f"images): ē = {errs} at σ = {ref['sigmas']}; the validation images' own τ: median "
+                 f"images): r̄ = {errs} at σ = {ref['sigmas']}; the validation images' own τ: median "
                  f"{ref['validation_tau']['median']:.2f}, max {ref['validation_tau']['max']:.2f}")
     return "\n".join(lines)
 

@@ -280,7 +280,7 @@ def make_workspace(root: Path) -> None:
     ds.RescaleSlope = 0
     ds.save_as(root / "zero_slope.dcm")
     train_tiny(root / "tiny")
-    for argv in (f"{CT} --views 4 --out ct.npz", "simulate --task mri --input img.npy --size 16 --out mri.npz",
+    for argv in (f"{CT} --views 4 --out ct.npz", "simulate --task mri --mask random --input img.npy --size 16 --out mri.npz",
                  "simulate --task ct --size 32 --upsample 1 --views 4 --input img.npy --out ct32.npz"):
         assert main(_split(argv)) == 0
     with np.load(root / "mri.npz") as z:

@@ -117,6 +117,9 @@ RUNS: dict[str, Run] = {
     "scoreinv data inspect /data/lidc --size 64": Run(DATA, [r"patient1", r"3 slice"]),
     "scoreinv data fetch ct-real": Run(FETCH, [r"lung1_image\.nrrd +from .*verified \(SHA-256\)",
                                               r"^ct-real: 3 file\(s\) written"]),
+    # fetched before the demo, which runs the real-MRI case on the stand-in brain2
+    "scoreinv data fetch mri-real": Run([("mri-real", "mri-real --from downloads")],
+                                        [r"^mri-real: 2 file\(s\) written"]),
     "scoreinv data inspect ct-real --size 256": Run([], [r"^  Cranium  0-49, 70-107 +54-65 +- +50-53, 66-69$",
                                                          r"^  slices   124 +20 +61 +12$"]),
     "scoreinv simulate --task ct --views 23 --noise 1e5 --input slice.dcm --size 64 --out ct.npz": Run(
@@ -168,8 +171,6 @@ RUNS: dict[str, Run] = {
     "scoreinv data inspect /data/brats --axis 0 --normalize minmax": Run(DATA, [r"sub0", r"sub2"]),
     "scoreinv data inspect scan.nii.gz --values": Run([], [r"scan\.nii\.gz"]),
     "scoreinv data inspect phantoms --size 64 --preview phantoms.png": Run([], [r"phantoms"], ["phantoms.png"]),
-    "scoreinv data fetch mri-real": Run([("mri-real", "mri-real --from downloads")],
-                                        [r"^mri-real: 2 file\(s\) written"]),
     "scoreinv data fetch all --from downloads": Run([], [r"^all: all 5 file\(s\) already in .*nothing fetched"]),
     "scoreinv simulate --task mri --acceleration 8 --mask equispaced --noise 0.01 --input brain.nii.gz --size 64 "
     "--out brain8x.npz": Run([], [r"wrote brain8x\.npz"], ["brain8x.npz"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -69,7 +70,9 @@ def test_an_image_scores_the_same_alone_and_in_any_batch():
     alone = torch.cat([ood.denoising_error(model, x[i:i + 1], batch=3) for i in range(4)])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-9)
     ref = ood.reference_values(model, x[:1])
-    assert float(ood.typicality(together[:1], ref)[0]) == pytest.approx(1.0, abs=1e-9)   # τ of the reference itself
+    stat = ood.statistic(model, x, batch=5)
+    torch.testing.assert_close(stat, together / ood.smoothing_error(x), rtol=1e-12, atol=0)
+    assert float(ood.typicality(stat[:1], ref)[0]) == pytest.approx(1.0, abs=1e-9)   # τ of the reference itself
     assert ref["validation_tau"]["max"] == pytest.approx(1.0, abs=1e-9)
 
 
@@ -94,6 +97,24 @@ def test_bad_images_are_refused():
         ood.denoising_error(model, x)
     with pytest.raises(ScoreinvError, match="not an OOD reference"):
         ood.check_reference({"version": 1, "sigmas": [0.1], "mse": [1.0]}, "m.pt")
+    with pytest.raises(ScoreinvError, match="must be finite and positive"):
+        ood.check_reference({"version": ood.REFERENCE_VERSION, "sigmas": list(ood.SIGMAS),
+                             "ratio": [1.0, -1.0]}, "m.pt")
+
+
+def test_smoothing_error_is_the_best_gaussian_smoother_and_scales_with_the_image():
+    flat = torch.full((1, 1, 24, 24), 0.5)
+    g = ood.smoothing_error(flat)
+    z = ood.noise_draws((24, 24))
+    for j, s in enumerate(ood.SIGMAS):                     # a flat image: the widest kernel is best
+        widest = ((ood._gaussian_smooth(flat + s * z, max(ood.SMOOTHING_WIDTHS)) - flat) ** 2).mean()
+        assert float(g[0, j]) == pytest.approx(float(widest), rel=1e-6) and float(g[0, j]) < s * s / 20
+    x = _images(2, 24, 20, seed=3)
+    torch.testing.assert_close(ood.smoothing_error(3 * x, [3 * s for s in ood.SIGMAS]), 9 * ood.smoothing_error(x),
+                               rtol=1e-5, atol=0)                                     # linear smoother: g(ax, aσ) = a² g
+    edges = torch.zeros(1, 1, 24, 24)
+    edges[..., ::2, :] = 1.0                                # finest detail: smoothing removes the image with the noise
+    assert float(ood.smoothing_error(edges)[0, 0]) > float(ood.smoothing_error(flat)[0, 0]) * 5
 
 
 def test_data_consistency_against_the_noise_it_was_given():
@@ -177,3 +198,74 @@ def test_check_gives_one_record_per_slice(tiny_checkpoint):
     json.dumps([r.as_dict() for r in recs])
     blind = ood.check(model, op, y, torch.zeros_like(x), None, 0.0)
     assert blind[0].typicality is None and blind[0].verdict == "data-inconsistent"
+
+
+# --- the guard in eval and reconstruct output -----------------------------------------------------
+def test_eval_records_the_guard_per_image_and_flags_what_the_reference_says(tiny_checkpoint, tmp_path):
+    import csv
+    from scoreinv import evaluate as E
+    from scoreinv.data.registry import build_dataset
+    from scoreinv.tasks import task_options
+    model, _ = load_score_model(tiny_checkpoint)
+    opts = task_options("ct", views=6, upsample=1)
+    ds = build_dataset("phantoms", "test", 16)
+    methods = E.resolve_methods("fbp,dds", "ct", steps=2)
+    ref = ood.reference_values(model, torch.stack([ds[i] for i in range(4)]))
+    strict = dict(ref, ratio=[v * 1e-3 for v in ref["ratio"]])  # a prior that denoises its own data 1000x better
+    lines = []
+    runs = {}
+    for name, r in (("strict", strict), ("own", ref), ("none", None)):
+        summary = E.evaluate(tmp_path / name, opts, ds, methods, 3, data_id="phantoms", split="test", model=model,
+                             batch_size=2, log=lines.append, ood_reference=r)
+        rows = list(csv.DictReader(open(tmp_path / name / "metrics.csv")))
+        runs[name] = ({s["solver"]: s for s in summary}, rows)
+    rec, rows = runs["strict"]
+    assert rec["dds"]["ood_check"]["n_flagged"] == 3 and rec["dds"]["ood_check"]["flagged"] == [0, 1, 2]
+    assert "ood_check" not in rec["fbp"]
+    assert [r["ood_verdict"] for r in rows if r["solver"] == "dds"] == ["out-of-distribution"] * 3
+    assert [r["ood_verdict"] for r in rows if r["solver"] == "fbp"] == [""] * 3
+    assert any(line.startswith("[dds] warning: 3 of 3 image(s)") for line in lines)
+    tau_strict = [float(r["ood_tau"]) for r in rows if r["solver"] == "dds"]
+    tau_own = [float(r["ood_tau"]) for r in runs["own"][1] if r["solver"] == "dds"]
+    np.testing.assert_allclose(tau_strict, [1e3 * t for t in tau_own], rtol=1e-3)   # τ scales with 1 / reference
+    rec, rows = runs["none"]
+    assert rec["dds"]["ood_check"]["typicality_max"] is None
+    assert [r["ood_tau"] for r in rows if r["solver"] == "dds"] == [""] * 3
+
+
+def test_reconstruct_prints_the_guard_and_reports_each_slice(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    from scoreinv.cli import main
+    monkeypatch.setenv("SCOREINV_DATA", str(tmp_path / "cache"))           # the reference is computed here once
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16), indexing="ij")
+    np.save(tmp_path / "img.npy", np.stack([(xx ** 2 + yy ** 2 < 0.5) * 0.6, (xx ** 2 / 0.4 + yy ** 2 < 0.6) * 0.4])
+            .astype(np.float32))
+    assert main(["simulate", "--task", "ct", "--views", "8", "--upsample", "1", "--size", "16", "--input",
+                 str(tmp_path / "img.npy"), "--out", str(tmp_path / "m.npz")]) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", "--checkpoint", tiny_checkpoint, "--measurements", str(tmp_path / "m.npz"), "--out",
+                 str(tmp_path / "r.npy"), "--solver", "projection", "--steps", "2", "--no-progress", "--report",
+                 str(tmp_path / "rep.json")]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    slices = rep["ood_check"]["slices"]
+    assert len(slices) == 2 and all(s["typicality"] is not None for s in slices)
+    assert rep["ood_check"]["summary"] in out
+    assert [s["residual"] for s in slices] == pytest.approx(rep["residual"])
+    cached = list((tmp_path / "cache" / "ood-references").glob("*.json"))
+    assert len(cached) == 1                                                   # the tiny model had none stored
+    x = torch.from_numpy(np.load(tmp_path / "r.npy")).float().reshape(2, 1, 16, 16)
+    model, _ = load_score_model(tiny_checkpoint)
+    tau = ood.typicality(ood.statistic(model, x), json.loads(cached[0].read_text()))
+    assert [s["typicality"] for s in slices] == pytest.approx(tau.tolist(), rel=1e-4)
+
+
+def test_a_reference_of_an_older_statistic_is_recomputed_not_trusted(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCOREINV_DATA", str(tmp_path / "cache"))
+    path = export(tiny_checkpoint, "tiny", dest=str(tmp_path), ood_images=4)
+    ck = torch.load(path, weights_only=False)
+    stale = dict(ck["ood_reference"], version=1, sigmas=[0.2, 0.5], mse=[1e-3, 1e-2])
+    stale.pop("ratio")
+    torch.save(dict(ck, ood_reference=stale), path)
+    rec = ood.model_reference(str(path), n=4)
+    assert rec["version"] == ood.REFERENCE_VERSION and rec["sigmas"] == list(ood.SIGMAS)
+    assert len(list((tmp_path / "cache" / "ood-references").glob("*.json"))) == 1

@@ -82,7 +82,7 @@ def test_simulate_reads_like_the_folder_dataset(tmp_path):
     rng = np.random.default_rng(0)
     vol = (rng.random((16, 16, 3)) * 50 + np.arange(16)[:, None, None] * 10).astype(np.float32)
     nifti(tmp_path / "n" / "v.nii.gz", vol, np.diag([-1.2, -1.2, 3.0, 1.0]))      # LPS storage
-    assert main(["simulate", "--task", "mri", "--input", str(tmp_path / "n" / "v.nii.gz"), "--out",
+    assert main(["simulate", "--task", "mri", "--mask", "random", "--input", str(tmp_path / "n" / "v.nii.gz"), "--out",
                  str(tmp_path / "m.npz")]) == 0
     gt = load_measurements(tmp_path / "m.npz").ground_truth
     ds = build_dataset(tmp_path / "n", "all", 16, normalize="minmax")

@@ -115,8 +115,8 @@ def test_noise_rule_is_the_same_for_files_and_task_options():
     x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     for task, levels in (("ct", (0.0, 1e4)), ("mri", (0.0, 0.05)), ("mar", (0.0, 1e5, 2e7))):
         for level in levels:
-            prob = build_problem(x, task_options(task, noise=level, **({"views": 8} if task == "ct" else {})),
-                                 torch.Generator().manual_seed(1))
+            extra = {"ct": {"views": 8}, "mri": {"mask": "random"}}.get(task, {})   # 16 columns: a mask with a centre
+            prob = build_problem(x, task_options(task, noise=level, **extra), torch.Generator().manual_seed(1))
             assert S.noisy_record(task, prob.noise) == S.noisy_level(task, level), (task, level)
     assert not S.noisy_level("mar", 0.0) and S.noisy_level("mar", 1e5) and S.noisy_level("ct", 1e4)
     assert not S.noisy_record("ct", {"model": "none"})

@@ -53,12 +53,15 @@ def test_mri_png_input_noise_and_show(tmp_path):
     png = tmp_path / "img.png"
     Image.fromarray((_phantom(24) / _phantom(24).max() * 255).astype(np.uint8)).save(png)
     out = tmp_path / "mri.npz"
-    assert main(["simulate", "--task", "mri", "--acceleration", "4", "--mask", "equispaced", "--noise", "0.05",
+    # the reference's equispaced rule keeps no centre line on 24 columns at 4x: refused, nothing written
+    assert main(["simulate", "--task", "mri", "--acceleration", "4", "--mask", "equispaced", "--input", str(png),
+                 "--out", str(out)]) == 2 and not out.exists()
+    assert main(["simulate", "--task", "mri", "--acceleration", "4", "--mask", "random", "--noise", "0.05",
                  "--input", str(png), "--out", str(out), "--seed", "3"]) == 0
     m = load_measurements(out)
     op = m.operator()
     assert m.y.shape == (1, 24, 24) and m.y.is_complex()
-    assert int(op.mask[0].sum()) == 6  # equispaced, n_keep = 24 / 4
+    assert int(op.mask[0].sum()) == 6 and bool(op.mask[:, 12].all())  # round(24 / 4) columns, the centre among them
     clean = op.forward(m.ground_truth)
     sig = m.noise["sigma"][0]
     resid = (m.y - clean)[:, op.mask]

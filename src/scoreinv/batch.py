@@ -1,7 +1,7 @@
 """Many inputs: sharding across torchrun processes, and the resumable manifest of a batch run.
 
 Sharding (`sharded`, `Shard`): under torchrun (WORLD_SIZE, RANK and LOCAL_RANK set, read by
-`train._dist_info`, the one place that reads them) rank r of a world of N takes the items i with
+`train.dist_info`, the one place that reads them) rank r of a world of N takes the items i with
 i mod N = r: the inputs of `reconstruct`, the image batches of `eval`. Nothing is communicated;
 a process group (gloo, also on GPUs: a barrier is all it carries) exists only so that rank 0 can
 wait for the others before it merges their records. A rank on a GPU uses cuda:LOCAL_RANK.
@@ -41,14 +41,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import atomic, writers
+from . import atomic, ood, writers
 from .data.fetch import sha256
 from .errors import ScoreinvError, check_choice
 from .reconstruct import plan, run as run_plan
 from .runinfo import config_diff
 from .sampling.settings import REFERENCE_KEYWORD
 from .score import load_score_model, resolve_checkpoint
-from .train import _dist_info, resolve_device
+from .train import dist_info, resolve_device
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -95,7 +95,7 @@ class Shard:
 def sharded(device: str = "auto"):
     """The Shard of this process (module docstring); a process group for the barriers is created for
     a sharded run and destroyed on leaving. `device`: --device; a CUDA rank uses cuda:LOCAL_RANK."""
-    rank, world, local, _ = _dist_info()
+    rank, world, local, _ = dist_info()
     if world < 1 or not 0 <= rank < world:
         raise ScoreinvError(f"WORLD_SIZE={world}, RANK={rank}: expected 0 <= RANK < WORLD_SIZE (set by torchrun)")
     if world == 1:
@@ -398,7 +398,10 @@ def reconstruct_many(checkpoint: str, specs, out_dir, fmt: str = "nii.gz", *, sh
         scores = {k: float(v.mean()) for k, v in r.metrics.items()}
         manifest.record(key, {"sha256": digest, "outputs": files, "status": "done", "seconds": sec,
                               "slices": len(p.meas), "nfe_per_slice": r.nfe, "estimate": r.estimate,
-                              "metrics": scores})
+                              "metrics": scores, "ood_check": ood.summary_line(r.ood),
+                              "ood_verdicts": [c.verdict for c in r.ood]})
+        if any(c.warning for c in r.ood):
+            log(f"{where}: {ood.summary_line(r.ood)}")
         fig = ", ".join(f"{k.upper()} {v:.2f}" if k.startswith("psnr") else f"{k.upper()} {v:.4f}"
                         for k, v in scores.items())
         log(f"{where} -> {', '.join(files)}: {len(p.meas)} slice(s), {sec:.1f} s" + (f", {fig}" if fig else ""))

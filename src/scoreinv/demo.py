@@ -8,6 +8,8 @@ Cases (each an `evaluate` run, so the numbers are exactly what `scoreinv eval` p
   `ct256` never saw; fetched from the package registries on first use, `scoreinv data fetch`);
 - MRI 8x (fastMRI-convention random columns: 8 of 64, 3 of them the centre), held-out brain slices (model
   `mri64`): zero-filled, CS-TV, score;
+- MRI 4x on a real T1-weighted brain slice at 256x256 (brain2 of `mri-real`, a patient the MRI patch
+  prior `mri256` never saw; fetched with ct-real's archive): zero-filled, CS-TV, ddrm;
 - MAR on simulated titanium implants in held-out phantoms (model `ct64`): LI, score solver.
 TV/CS weights are chosen on validation images (never test images), cached per case. The score
 solver of each case is the best one of docs/results.md ("Which solver when": `diffpir` for CT and
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic
+from . import atomic, ood
 from .errors import ScoreinvError
 from .evaluate import evaluate, model_fingerprint, resolve_methods
 from .sampling.settings import noisy_level
@@ -55,20 +57,24 @@ def cases(n: int) -> list[Case]:
              {"views": 10}, ("fbp", "tv"), 1, solver="diffpir"),
         Case("mri_brain", "MRI 8x, held-out brain slices", "mri", "mri64", "brain", {"acceleration": 8.0, "mask": "random"},
              ("zero_filled", "cs_tv"), n, solver="diffpir"),
+        Case("mri_real", "MRI 4x, real brain 256x256 (brain2, unseen patient)", "mri", "mri256", "mri-real",
+             {"acceleration": 4.0, "mask": "random"}, ("zero_filled", "cs_tv"), 1, solver="ddrm"),
         Case("mar_phantoms", "MAR, titanium implants, held-out phantoms", "mar", "ct64", "phantoms", {}, ("li",),
              max(1, n // 2)),
     ]
 
 
 DEMO_LUNG2_SLICE = 36     # a mid-chest slice of lung2 (lungs, heart, spine)
+DEMO_BRAIN2_SLICE = 12    # a mid-brain slice of brain2 (ventricles, cortex)
 
 
 def _dataset(case: Case, split: str, size: int):
     from .data import build_dataset
     from .data.base import Subset
-    if case.data == "ct-real":
-        ds = build_dataset("ct-real", split, size)
-        return Subset(ds, [DEMO_LUNG2_SLICE] if split == "test" else ds.validation_indices(2))
+    if case.data in ("ct-real", "mri-real"):
+        ds = build_dataset(case.data, split, size)
+        pick = DEMO_LUNG2_SLICE if case.data == "ct-real" else DEMO_BRAIN2_SLICE
+        return Subset(ds, [pick] if split == "test" else ds.validation_indices(2))
     if case.data == "dicom":
         if split != "test":
             return build_dataset("phantoms", split, size)
@@ -89,7 +95,7 @@ def run_demo(out_dir, solver: str | None = None, steps: int | None = None, num_i
     rows = []
     t_start = time.perf_counter()
     for case in cases(num_images):
-        if case.data == "ct-real":
+        if case.data in ("ct-real", "mri-real"):
             _ensure_fetched(case.data, log)
         spec = checkpoints.get(case.model, case.model)
         if spec not in models:
@@ -107,8 +113,10 @@ def run_demo(out_dir, solver: str | None = None, steps: int | None = None, num_i
                            data_id=case.data, split="test", model=model, model_id=model_fingerprint(model),
                            seed=seed, batch_size=max(1, case.num_images),
                            val_dataset=lambda c=case, s=size: _dataset(c, "val", s), n_val=4,
-                           figure_images=1, log=lambda *a: None)
+                           figure_images=1, log=lambda *a: None, ood_reference=ood.model_reference(spec, model, cfg))
         for r in summary:
+            if "ood_check" in r:
+                log(f"   [{r['solver']}] {r['ood_check']['summary']}")
             rows.append({"case": case.title, **{k: r[k] for k in ("solver", "psnr_mean", "psnr_std", "ssim_mean",
                                                                   "ssim_std", "sec_per_image", "nfe", "n_images")}})
         log(f"   done in {time.perf_counter() - t0:.0f} s")

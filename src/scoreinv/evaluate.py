@@ -5,8 +5,11 @@ into `out_dir`:
 - metrics.csv: one row per (image, solver): PSNR, SSIM (full image; the main columns), the
   circle / histogram variants (CT, MRI) or metal-zeroed variants (MAR), NMSE, seconds, NFE and
   the estimate the row scores (`settings.estimate_name`: sample, mean-of-K, tweedie@σ, classical;
-  docs/design.md §2.11), so that a posterior mean is not compared with a single sample unawares;
-- summary.json: one record per solver (mean ± population std over images, s/image, NFE, estimate);
+  docs/design.md §2.11), so that a posterior mean is not compared with a single sample unawares,
+  and for score solvers the out-of-distribution guard's typicality τ and verdict (`ood_tau`,
+  `ood_verdict`; docs/design.md §4.4; empty for classical baselines);
+- summary.json: one record per solver (mean ± population std over images, s/image, NFE, estimate;
+  score solvers: `ood_check` with the flagged images and the largest τ);
 - reconstructions.npz: ground_truth, naive, recon_<solver> (and std_<solver> with samples > 1);
 - comparison.png: rows = images (reconstruction and |error| rows), columns = ground truth and
   each solver.
@@ -53,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic
+from . import atomic, ood
 from .atomic import check_new_output
 from .baselines import BASELINES, choose_weight, get_baseline
 from .batch import Shard
@@ -62,7 +65,7 @@ from .errors import ScoreinvError, check_int
 from .metrics import VOLUME_METRICS, compute_metrics, summarise, volume_metrics
 from .eval_report import MAIN_VARIANT, comparison_figure, format_table
 from .runinfo import config_diff, environment
-from .sampling.inputs import problem_inputs
+from .sampling.inputs import measurement_sigma, problem_inputs
 from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, SolverConfig, check_applies, estimate_name, record,
                                 resolve, shipped_model)
 from .sampling.solvers import posterior, sigma_range, solve
@@ -405,13 +408,15 @@ def _check_same_images(out: Path, dataset, idx: np.ndarray) -> None:
 def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_images: int, *, data_id: str,
              split: str, model=None, model_id: str | None = None, samples: int = 1, seed: int = 0,
              batch_size: int = 4, device="cpu", val_dataset=None, n_val: int = 4, figure_images: int = 4,
-             log=print, shard: Shard | None = None) -> list[dict]:
+             log=print, shard: Shard | None = None, ood_reference: dict | None = None) -> list[dict]:
     """Run (or resume) an evaluation; write the files of the module docstring; return summary records
     (on rank 0; [] on the other ranks of a sharded run).
 
     dataset: the split to evaluate (ds[i] -> (1, S, S)); val_dataset: a callable returning the
     validation split (needed only for baselines whose parameter must be chosen); shard: this
-    process's share under torchrun (module docstring; default: one process, every batch).
+    process's share under torchrun (module docstring; default: one process, every batch);
+    ood_reference: the model's out-of-distribution reference (`ood.model_reference`; None: the guard
+    judges the data residual only).
     """
     shard = shard or Shard()
     out = Path(out_dir)
@@ -473,15 +478,47 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
                 raise ScoreinvError(f"{m.name}: the reconstruction of images {idx.tolist()} contains NaN or Inf "
                                     f"(diverged; check its parameters {m.params})")
             vals = image_metrics(names, xr, x, metal_mask=mm)
+            guard = ood_arrays(model, problem, xr, ood_reference, batch_size, device) if m.kind == "score" else {}
             atomic.savez(out / "parts" / m.name / f"b{b:05d}.npz", idx=idx, x=xr.numpy(), seconds=sec, nfe=nfe, env=env,
                          **({"std": std.numpy()} if std is not None else {}),
-                         **{f"m_{k}": v for k, v in vals.items()})
+                         **{f"m_{k}": v for k, v in vals.items()}, **guard)
             log(f"{shard.tag}[{m.name}] batch {b + 1}/{len(batches)} ({len(idx)} images): {sec:.1f} s, "
                 f"PSNR {float(vals['psnr'].mean()):.2f}, SSIM {float(vals['ssim'].mean()):.3f}")
     shard.barrier()              # every part is written: rank 0 merges them
     if not shard.lead:
         return []
     return _write_outputs(out, options, methods, batches, names, data_id, split, samples, figure_images, log, vindex)
+
+
+def ood_arrays(model, problem: Problem, x: torch.Tensor, reference: dict | None, batch: int, device) -> dict:
+    """The out-of-distribution guard (`ood.check`, docs/design.md §4.4) on a score solver's reconstructions
+    x (B, 1, H, W) of one problem batch, as arrays for its part file: ood_tau (B,) (NaN: no reference),
+    ood_ratio (B, len(ood.SIGMAS)), ood_rho and ood_nu (B,): the residual on the operator and data the solver
+    saw and its noise floor."""
+    y = problem.y.to(device)
+    sig = measurement_sigma(problem.noise, problem.task, problem.op, problem.baseline_op, problem.baseline_y)
+    recs = ood.check(model, problem.op, y, x.to(device), reference, sig, batch=batch)
+    nan = float("nan")
+    return {"ood_tau": np.array([nan if r.typicality is None else r.typicality for r in recs]),
+            "ood_ratio": np.array([[r.typicality_per_sigma.get(f"{s:g}", nan) for s in ood.SIGMAS] for r in recs]),
+            "ood_rho": np.array([r.residual for r in recs]), "ood_nu": np.array([r.noise_floor for r in recs])}
+
+
+def ood_records(parts, index) -> list | None:
+    """The guard's records (`ood.verdict`) of a score solver's images from its parts (`ood_arrays`),
+    labelled by image index; None when a part predates the guard."""
+    if any("ood_rho" not in p for p in parts):
+        return None
+    tau = np.concatenate([p["ood_tau"] for p in parts])
+    ratio = np.concatenate([p["ood_ratio"] for p in parts])
+    rho = np.concatenate([p["ood_rho"] for p in parts])
+    nu = np.concatenate([p["ood_nu"] for p in parts])
+    out = []
+    for i, img in enumerate(index):
+        t = None if math.isnan(tau[i]) else float(tau[i])
+        per = {} if t is None else {f"{s:g}": float(ratio[i, j]) for j, s in enumerate(ood.SIGMAS)}
+        out.append(ood.verdict(t, per, float(rho[i]), float(nu[i]), f"image {int(img)}: "))
+    return out
 
 
 def _write_outputs(out: Path, options, methods, batches, names, data_id, split, samples, figure_images, log,
@@ -502,9 +539,12 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
         secs = np.concatenate([np.full(len(p["idx"]), float(p["seconds"]) / len(p["idx"])) for p in parts])
         nfe = int(parts[0]["nfe"])
         est = estimate_of(m, samples)
+        checks = ood_records(parts, arrays["index"]) if m.kind == "score" else None
         for i, img in enumerate(arrays["index"]):
+            guard = {"ood_tau": "" if checks is None or checks[i].typicality is None else round(checks[i].typicality, 4),
+                     "ood_verdict": "" if checks is None else checks[i].verdict}
             rows.append({"image": int(img), "solver": m.name, **{k: float(vals[k][i]) for k in names},
-                         "seconds": float(secs[i]), "nfe": nfe, "estimate": est})
+                         "seconds": float(secs[i]), "nfe": nfe, "estimate": est, **guard})
         rec = {"solver": m.name, "kind": m.kind, "estimate": est, "task": options.task, "setting": options.setting(),
                "data": data_id, "split": split, "metric_variant": MAIN_VARIANT}
         for k in names:
@@ -512,6 +552,13 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
         rec.update(sec_per_image=float(secs.mean()), nfe=nfe, n_images=int(len(secs)),
                    samples=samples if m.kind == "score" else 1,
                    params=m.params, environment=_environment(parts))
+        if checks is not None:
+            line = ood.summary_line(checks, unit="image")
+            taus = [c.typicality for c in checks if c.typicality is not None]
+            rec["ood_check"] = {"summary": line, "n_flagged": sum(c.verdict != "ok" for c in checks),
+                                "typicality_max": max(taus) if taus else None,
+                                "flagged": [int(i) for i, c in zip(arrays["index"], checks) if c.verdict != "ok"]}
+            log(f"[{m.name}] {line}")
         vol = volume_scores(vindex, arrays["index"], arrays[f"recon_{m.name}"], gt)
         if vol:
             rec["volume"] = vol
@@ -522,7 +569,8 @@ def _write_outputs(out: Path, options, methods, batches, names, data_id, split, 
                 f"z-gradient RMSE {zg}")
         summary.append(rec)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe", "estimate"], lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe", "estimate", "ood_tau",
+                                        "ood_verdict"], lineterminator="\n", restval="")
     w.writeheader()
     w.writerows(rows)
     atomic.write_text(out / "metrics.csv", buf.getvalue())

@@ -184,6 +184,7 @@ class Plan:
     ct_operator: str | None = None
     spacing: float | None = None  # slice spacing (mm) of an evenly spaced selection of 2+ slices, else None
     volume: bool = False          # the selection forms a volume (evenly spaced, or no positions known)
+    ood_reference: dict | None = None   # the model's out-of-distribution reference (ood.model_reference)
 
 
 def volume_geometry(positions, slices: list[int], where: str) -> float | None:
@@ -272,8 +273,9 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     if ct_operator == "fourier":
         solve_op, y = fourier_from_parallel(op, y)
     solvers.check_run(settings.cfg, solve_op, model.sde)
+    reference = ood.model_reference(checkpoint, model, model_cfg)
     return Plan(meas, full.source, idx, op, solve_op, y, settings.cfg, settings, model, model_cfg, str(out),
-                int(samples), int(batch_size), int(seed), dev, ct_operator, spacing, volume)
+                int(samples), int(batch_size), int(seed), dev, ct_operator, spacing, volume, reference)
 
 
 def check_volume_memory(images: int, h: int, w: int, where) -> None:
@@ -300,6 +302,7 @@ class Result:
     estimate: str                      # what the output is (settings.estimate_name)
     seconds: float
     residual: torch.Tensor             # (S,) ‖A x − y‖ / ‖y‖ of the mean, the file's operator and y
+    ood: list = field(default_factory=list)       # (S,) ood.OODRecord of the mean (docs/design.md §4.4)
     metrics: dict = field(default_factory=dict)   # name -> (S,) against the file's ground truth
     files: list = field(default_factory=list)
     volume: dict = field(default_factory=dict)    # volume metrics (docs/design.md §9.3) when the slices form a volume
@@ -312,7 +315,7 @@ def run(p: Plan, progress: bool = True) -> Result:
     coupled = p.cfg.coupling != "none"
     per = n if coupled else max(1, p.batch_size // p.samples)       # slices per call: network batch ≈ batch_size
     g = torch.Generator().manual_seed(p.seed)
-    means, stds, res, nfe = [], [], [], 0
+    means, stds, checks, nfe = [], [], [], 0
     t0 = time.perf_counter()
     bar = tqdm(total=n, desc="reconstruct", unit="slice", disable=not progress)
     for i0 in range(0, n, per):
@@ -324,7 +327,7 @@ def run(p: Plan, progress: bool = True) -> Result:
                                 **inputs, **({"network_batch": p.batch_size} if coupled else {}))
         means.append(out["mean"].float().cpu())
         stds.append(out["std"].float().cpu())
-        res.append(ood.relative_residual(slice_operator(p.op, slice(i0, i1)), out["mean"], p.meas.y[i0:i1].to(p.device)))
+        checks += guard(p, sl, out["mean"])
         nfe = int(out["nfe"])
         bar.update(i1 - i0)
     bar.close()
@@ -335,7 +338,8 @@ def run(p: Plan, progress: bool = True) -> Result:
         if t is not None and not bool(torch.isfinite(t).all()):
             raise ScoreinvError(f"the {name} holds NaN or Inf (solver {p.cfg.name}); nothing written. Try fewer "
                                 "corrector steps, a smaller snr, or another checkpoint")
-    result = Result(mean, std, nfe, estimate_name(p.cfg, p.samples), seconds, torch.cat(res), metrics(p, mean),
+    residual = torch.tensor([c.residual for c in checks], dtype=torch.float64)
+    result = Result(mean, std, nfe, estimate_name(p.cfg, p.samples), seconds, residual, checks, metrics(p, mean),
                     volume=volume_scores(p, mean))
     result.files = write(p, result)
     return result
@@ -350,6 +354,17 @@ def solver_inputs(p: Plan, sl: slice) -> dict:
                             index=p.slices[sl])
     x_init = classical(fop, fy, p.cfg.cg_iters) if p.cfg.warm_start == "classical" else None
     return {"sigma_y": sig, "x_init": x_init}
+
+
+def guard(p: Plan, sl: slice, mean: torch.Tensor) -> list:
+    """The out-of-distribution guard (`ood.check`, docs/design.md §4.4) on the mean of slices `sl`: its
+    typicality under the model (with the model's reference) and its residual on the file's own operator
+    and data against the noise floor of the file's noise record."""
+    fop = slice_operator(p.op, sl)
+    fy = p.meas.y[sl].to(p.device)
+    sig = measurement_sigma(p.meas.noise, p.meas.task, fop, fop, fy, index=p.slices[sl])
+    labels = [f"slice {i}: " for i in p.slices[sl]]
+    return ood.check(p.model, fop, fy, mean, p.ood_reference, sig, labels, p.batch_size)
 
 
 def metrics(p: Plan, mean: torch.Tensor) -> dict:
@@ -399,7 +414,8 @@ def summary(p: Plan, r: Result) -> dict:
          "ct_operator": p.ct_operator, "solver": dataclasses.asdict(p.cfg), "samples": p.samples,
          "settings_origin": p.settings.origin, "seed": p.seed, "device": str(p.device),
          "environment": environment(p.device), "estimate": r.estimate, "nfe_per_slice": r.nfe, "seconds": r.seconds,
-         "residual": r.residual.tolist(), "files": r.files, "slice_spacing_mm": p.spacing}
+         "residual": r.residual.tolist(), "files": r.files, "slice_spacing_mm": p.spacing,
+         "ood_check": {"summary": ood.summary_line(r.ood), "slices": [c.as_dict() for c in r.ood]}}
     d["metrics"] = {k: [float(x) for x in v] for k, v in r.metrics.items()}
     if r.volume:
         d["volume_metrics"] = {k: (None if math.isnan(v) else v) for k, v in r.volume.items()}   # NaN -> null

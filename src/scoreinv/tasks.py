@@ -141,7 +141,9 @@ def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equis
                  center_fraction: float | None = None, coils: int = 1, noise: float = 0.0,
                  phase: str | None = None) -> Simulation:
     """k-space of x (B, 1, H, W): single coil (CartesianMRI) or SENSE with birdcage maps, and
-    complex Gaussian noise of std `noise` x RMS of the sampled k-space.
+    complex Gaussian noise of std `noise` x RMS of the sampled k-space. A mask that does not sample the
+    k-space centre (the reference's equispaced rule at small sizes and high accelerations) is refused
+    (`make_mask(..., require_centre=True)`).
 
     phase "smooth" (single coil): k-space of |x| e^{iφ}, φ = `smooth_phase` drawn after the mask and
     before the noise; the operator returned is `PhasedMRI` with the phase estimated from the noisy
@@ -156,7 +158,7 @@ def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equis
         raise ScoreinvError(f"--phase {phase}: a smooth image phase is simulated for single-coil MRI only "
                             f"(--coils 1), got --coils {coils}")
     check_range("noise (MRI relative standard deviation)", noise, 0.0)
-    m = make_mask(mask, shape, acceleration, center_fraction, generator=generator)
+    m = make_mask(mask, shape, acceleration, center_fraction, generator=generator, require_centre=True)
     op = CartesianMRI(m) if coils == 1 else SenseMRI(birdcage_maps(int(coils), shape), m)
     extras = {}
     if phase == "smooth":

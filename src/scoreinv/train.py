@@ -88,7 +88,7 @@ def _check_workdir(workdir: Path, cfg) -> None:
                             f"({'; '.join(diffs[:5])}); use another --workdir or the same config")
 
 
-def _dist_info():
+def dist_info():
     """(rank, world size, local rank, distributed): distributed under torchrun, even with one
     process (so `torchrun --nproc-per-node 1` runs the DistributedDataParallel path, e.g. nccl
     on a single GPU)."""
@@ -140,7 +140,7 @@ def train(cfg, workdir: str | Path, dataset=None, progress: bool = True, stop_af
     'n_params', 'model', 'ema' (state dict), 'speed', 'validation' (records of this call)}.
     """
     workdir = Path(workdir)
-    rank, world, local, distributed = _dist_info()
+    rank, world, local, distributed = dist_info()
     t_cfg = cfg.train
     device = _setup(t_cfg, distributed, local)
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)

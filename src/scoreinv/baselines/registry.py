@@ -67,7 +67,7 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
     Baseline("tv3d", tv3d_recon, "weight", _WEIGHTS, "isotropic 3-D TV (x, y, z) of a volume (the batch: its "
              "slices in order) by PDHG, box [0, 1] for real images; z_weight = pixel / slice spacing"),
     Baseline("zero_filled", zero_filled, None, description="A^T y: zero-filled MRI"),
-    Baseline("cs_wavelet", cs_wavelet, "weight", _WEIGHTS, "db4 wavelet l1 by FISTA (MRI)"),
+    Baseline("cs_wavelet", cs_wavelet, "weight", _WEIGHTS, "db4 wavelet l1 by FISTA with cycle spinning (MRI)"),
     Baseline("cs_tv", tv_recon, "weight", _WEIGHTS, "TV compressed sensing (= tv) for MRI"),
     Baseline("li", _mar.li, None, description="linear interpolation across the metal trace + FBP (MAR)"),
     Baseline("nmar", _mar.nmar, None, description="normalised MAR with a thresholded LI prior (MAR)"),

@@ -9,6 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
+from .. import ood
 from ..batch import sharded
 from ..data.base import check_image_size
 from ..errors import check_int
@@ -26,7 +27,9 @@ HELP = """Evaluate reconstructions against ground truth on a dataset split.
 
 Writes into --out: metrics.csv (one row per image and solver: psnr, ssim, their circle / hist
 variants for CT and MRI or metal-zeroed (psnr_mar, ssim_mar) variants for MAR, nmse, seconds,
-nfe), summary.json (one record per solver; the main psnr/ssim columns are on the FULL image,
+nfe, estimate, and for score solvers the out-of-distribution check: ood_tau, the typicality of the
+result under the prior, and ood_verdict; a warning line per solver names the images that look
+unlike the prior's training data or leave the measured data), summary.json (one record per solver; the main psnr/ssim columns are on the FULL image,
 clipped to [0, 1], data range 1), reconstructions.npz, comparison.png. Progress is saved per
 solver and batch: rerunning the same command resumes a killed run, a larger --num-images or
 more --solvers extend it; a folder holding another configuration, or files that an evaluation
@@ -199,10 +202,11 @@ def run(args) -> int:
         if args.pick == "spread":      # the pick is part of the data's identity: a resumed run must repeat it
             ds = _spread(ds, args.num_images, "--num-images")
             did = f"{did} [spread {args.num_images}]"
+        reference = ood.model_reference(args.checkpoint, model) if model is not None else None
         evaluate(args.out, opts, ds, methods, args.num_images, data_id=did, split=args.split,
                  model=model, model_id=fingerprint, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
                  device=device, val_dataset=lambda: _val(args, size), n_val=args.val_images, shard=shard,
-                 log=shard.say)
+                 log=shard.say, ood_reference=reference)
     if shard.lead:
         print(f"wrote {os.path.join(args.out, 'summary.json')}, metrics.csv, reconstructions.npz, comparison.png")
     else:

@@ -5,7 +5,7 @@ import argparse
 import json
 import math
 
-from .. import atomic
+from .. import atomic, ood
 from ..batch import FORMATS, is_batch, reconstruct_many, sharded
 from ..errors import ScoreinvError
 from ..metrics import PLANES, summarise
@@ -40,6 +40,12 @@ an output equal to the measurement file is always refused. --report writes a JSO
 the settings, their origin and the environment (scoreinv and torch versions, torch thread count,
 device): results repeat bit for bit with the same seed at the same thread count, not across
 thread counts.
+
+After the data residual comes the out-of-distribution check (docs/design.md §4.4): how much worse
+the prior denoises the result than its own validation images (τ; above 1.6 the input looks unlike
+the training data and a score solver may have painted the training anatomy into it) and whether the
+result still explains the data within the noise. A warning names the worst slice; compare it with
+the zero-filled / classical reconstruction. --report holds every slice's figures.
 
 Volumes: --coupling ztv solves the selected slices together as one volume, adding a total-variation
 penalty along the slice axis to every data-consistency step (ADMM on the stacked volume, as
@@ -142,6 +148,7 @@ def run(args) -> int:
           f"({r.seconds / n:.2f} s per slice); estimate: {r.estimate}")
     print(f"data residual |Ax - y| / |y| of the {'mean' if p.samples > 1 else 'result'}: "
           f"mean {float(r.residual.mean()):.3g}, max {float(r.residual.max()):.3g}")
+    print(ood.summary_line(r.ood))
     if r.metrics:
         parts = []
         for name, v in r.metrics.items():

@@ -164,7 +164,8 @@ def check_geometry(args, n: int) -> None:
         check_int("--views", args.views, 1, dense)
     if args.task == "mri":
         try:
-            m = make_mask(args.mask, (n, n), args.acceleration, args.center_fraction, seed=0)
+            m = make_mask(args.mask, (n, n), args.acceleration, args.center_fraction, seed=0,
+                          require_centre=True)
         except ScoreinvError as e:
             raise ScoreinvError(f"--acceleration/--mask: {e}") from None
         if args.phase == "smooth" and min(centre_box(m)) < MIN_CENTRE:
