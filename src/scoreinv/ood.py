@@ -33,6 +33,7 @@ user's other scoreinv caches (`reference_cache_dir`), keyed by the checkpoint's 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -240,11 +241,10 @@ def model_reference(checkpoint: str, model=None, cfg=None, compute: bool = True,
     from .score import load_score_model, read_checkpoint, resolve_checkpoint
     path = resolve_checkpoint(checkpoint)
     ck = read_checkpoint(path)
-    if ck.get("ood_reference") is not None:
-        try:
-            return check_reference(ck["ood_reference"], str(path))
-        except ScoreinvError:       # stored by an older version of the statistic: recomputed and cached below
-            pass
+    stored = ck.get("ood_reference")
+    if stored is not None:
+        with contextlib.suppress(ScoreinvError):   # stored by an older version of the statistic: recomputed below
+            return check_reference(stored, str(path))
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     cache = reference_cache_dir() / f"{Path(path).stem}-{digest}-v{REFERENCE_VERSION}.json"
     rec = _cached(cache)
