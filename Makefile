@@ -22,11 +22,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/scoreinv demo --out demo_out --overwrite
 
+# one single-threaded pytest worker per core; a test file stays on one worker, in its order
+# (tests/test_documented_commands.py runs its lines one after another in one workspace)
+TEST_WORKERS ?= auto
+
 test: $(TEST_STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(TEST_STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(TEST_STAMP)
 	$(BIN)/scoreinv bench

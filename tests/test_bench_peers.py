@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_solvers import GaussianPrior
 
+from scoreinv.bench import peer_adapters as A
 from scoreinv.bench import peers as P
 from scoreinv.cli import main
 from scoreinv.errors import ScoreinvError
@@ -43,7 +44,7 @@ def test_without_deepinv_one_line_naming_make_bench_peers(no_deepinv, capsys):
     assert len(lines) == 1 and "make bench-peers" in lines[0] and "deepinv" in lines[0], err
     assert "Traceback" not in err and "# bench peers" not in out
     with pytest.raises(ScoreinvError, match="make bench-peers"):
-        P.import_deepinv()
+        A.import_deepinv()
 
 
 @pytest.mark.parametrize("args, flag", [
@@ -88,7 +89,7 @@ def test_mri_measurements_are_evals_batches_exact_and_repeatable():
     assert [p.x.shape[0] for p in b1.batches] == [4, 1]          # eval's batches of 4
     assert b1.val.x.shape == (P.VAL_IMAGES, 1, 64, 64)
     for p, q in zip(b1.batches, b2.batches):
-        assert P.y_hash(p.y) == P.y_hash(q.y)                    # fixed seeds: a rerun sees the same data
+        assert A.y_hash(p.y) == A.y_hash(q.y)                    # fixed seeds: a rerun sees the same data
         assert torch.equal(p.op.forward(p.x), p.y)               # noise-free, no mismatch for MRI
         assert p.op.has_decomposition
         assert abs(p.op.acceleration - 8.0) < 1.0                 # 8x random columns
@@ -110,11 +111,11 @@ def test_ct_measurements_have_10_views_and_no_inverse_crime():
 
 def test_y_hash_sees_the_bytes_and_a_complex_y_hashes_as_its_real_view():
     y = torch.randn(2, 4, 4, dtype=torch.complex64)
-    assert P.y_hash(y) == P.y_hash(torch.view_as_real(y)) == P.y_hash(P.peer_measurement(y))
+    assert A.y_hash(y) == A.y_hash(torch.view_as_real(y)) == A.y_hash(A.peer_measurement(y))
     z = y.clone()
     z[1, 2, 3] += 1e-6
-    assert P.y_hash(z) != P.y_hash(y)
-    assert P.peer_measurement(torch.ones(2, 3)).dtype == torch.float32
+    assert A.y_hash(z) != A.y_hash(y)
+    assert A.peer_measurement(torch.ones(2, 3)).dtype == torch.float32
 
 
 # --- the real SVD of single-coil MRI ----------------------------------------------------------------------
@@ -125,7 +126,7 @@ def test_real_svd_reproduces_our_operator_on_real_images_with_an_asymmetric_mask
     m[:, 7] = True                               # 9 and 7: a sampled pair
     m[:, 0] = True                               # column 0 is its own mirror (Nyquist)
     op = CartesianMRI(m)
-    s, U, Ut = P.real_svd(op)
+    s, U, Ut = A.real_svd(op)
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     z = op.T(x)
     assert torch.allclose(U(s * z), op.forward(x), atol=1e-6)                   # A = U diag(s) V^T
@@ -163,7 +164,7 @@ class Stub:
 
 @pytest.mark.parametrize("sde", [VESDE(0.01, 30.0), VPSDE(0.1, 20.0)], ids=["ve", "vp"])
 def test_sigma_maps_to_the_time_of_that_sigma_clamped_to_the_model_range(sde):
-    d = P.PriorDenoiser(Stub(sde))
+    d = A.PriorDenoiser(Stub(sde))
     lo, hi = sigma_of(sde, sde.eps), sigma_of(sde, 1.0)
     assert d.sigma_lo == pytest.approx(lo) and d.sigma_hi == pytest.approx(hi)
     sig = [max(lo * 1.5, 0.02), 0.3, 1.0, min(hi / 2, 20.0)]
@@ -190,7 +191,7 @@ def test_sigma_maps_to_the_time_of_that_sigma_clamped_to_the_model_range(sde):
 @pytest.mark.parametrize("sde", [VESDE(0.01, 30.0), VPSDE(0.1, 20.0)], ids=["ve", "vp"])
 def test_the_input_is_scaled_by_alpha_and_every_call_is_counted(sde):
     stub = Stub(sde)
-    d = P.PriorDenoiser(stub)
+    d = A.PriorDenoiser(stub)
     x = torch.rand(2, 1, 8, 8)
     out = d(x, torch.tensor([0.5, 2.0]))
     alpha, _ = sde.marginal_coeffs(stub.seen[-1])
@@ -204,7 +205,7 @@ def test_the_wrapper_is_the_exact_tweedie_estimate_of_a_gaussian_prior():
     """Prior x0 ~ N(μ, C) with C diagonal (d_k) in the FFT basis: E[x0 | x0 + σ z] = μ + d/(d + σ²) (x - μ)."""
     sde = VESDE(0.01, 30.0)
     prior = GaussianPrior(sde)
-    den = P.PriorDenoiser(prior)
+    den = A.PriorDenoiser(prior)
     x = prior.sample(3, torch.Generator().manual_seed(0)).float()
     for sigma in (0.05, 0.5, 3.0):
         noisy = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
@@ -242,18 +243,19 @@ def test_grids_are_small_and_cover_every_peer():
 PEER_CHECK = r"""
 import torch
 torch.set_num_threads(1)
+from scoreinv.bench import peer_adapters as A
 from scoreinv.bench import peers as P
 from scoreinv.score import load_score_model
-dinv = P.import_deepinv()
-assert dinv.__version__.startswith(P.DEEPINV_VERSION), dinv.__version__
+dinv = A.import_deepinv()
+assert dinv.__version__.startswith(A.DEEPINV_VERSION), dinv.__version__
 for name in ("mri", "ct"):
     st = P.SETTINGS[name]
     b = P.build_problems(st, 2)
     p = b.batches[0]
-    ph = P.peer_physics(dinv, p.op)
-    yp = P.peer_measurement(p.y)
+    ph = A.peer_physics(dinv, p.op)
+    yp = A.peer_measurement(p.y)
     assert isinstance(ph, dinv.physics.DecomposablePhysics) == (name == "mri")
-    assert torch.allclose(ph.A(p.x), P.peer_measurement(p.op.forward(p.x)), atol=1e-5)
+    assert torch.allclose(ph.A(p.x), A.peer_measurement(p.op.forward(p.x)), atol=1e-5)
     assert torch.allclose(ph.A_adjoint(yp), p.op.adjoint(p.y), atol=1e-5)
     if name == "mri":      # the closed-form prox is the exact data-consistency step for real images
         z = torch.rand(p.x.shape, generator=torch.Generator().manual_seed(3))
@@ -261,8 +263,8 @@ for name in ("mri", "ct"):
         assert torch.allclose(p.op.forward(xp), p.y, atol=1e-3) and not xp.is_complex()
         assert torch.allclose(ph.prox_l2(z, yp, gamma=1e-8), z, atol=1e-5)
     model, _ = load_score_model(st.model)
-    core = P.PriorDenoiser(model)
-    den = P.peer_denoiser(dinv, core)
+    core = A.PriorDenoiser(model)
+    den = A.peer_denoiser(dinv, core)
     assert isinstance(den, dinv.models.Denoiser)
     xn = p.x + 0.1 * torch.randn(p.x.shape, generator=torch.Generator().manual_seed(0))
     t = core.times(0.1, 2)
@@ -270,10 +272,10 @@ for name in ("mri", "ct"):
         assert torch.allclose(den(xn, 0.1), model.denoise(xn, t), atol=1e-6)
     for m in [m for m in P.PEER_METHODS if m != "ddrm" or name == "mri"]:
         core.calls = 0
-        h = P.y_hash(yp)
+        h = A.y_hash(yp)
         got = P.run_peer(dinv, m, P.grid_points(m)[0], core, den, ph, yp, p.naive, 6, 1)
         assert core.calls == 6, (name, m, core.calls)
-        assert P.y_hash(yp) == h == P.y_hash(p.y), (name, m)        # the peer leaves our y as it was
+        assert A.y_hash(yp) == h == A.y_hash(p.y), (name, m)        # the peer leaves our y as it was
         for v, x in got.items():
             assert x.shape == p.x.shape and bool(torch.isfinite(x).all()), (name, v)
 print("PEER CHECK OK")

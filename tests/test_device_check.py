@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,8 @@ def test_cpu_dry_run_trains_both_priors_and_writes_what_can_be_shipped(tmp_path)
                DEVICE_CHECK_BENCH_SECONDS="0.01", DEVICE_CHECK_WORK=str(tmp_path / "work"),
                DEVICE_CHECK_SET="val.images=2;val.recon_images=1;val.recon_steps=2",
                XDG_CACHE_HOME=str(tmp_path / "cache"))
-    t = time.time()
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "device_check.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
-    took = time.time() - t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["ct_cpu.pt", "device_check.log", "logs.tar.gz", "mri_cpu.pt", "summary.json"]
@@ -46,7 +43,6 @@ def test_cpu_dry_run_trains_both_priors_and_writes_what_can_be_shipped(tmp_path)
     log = (out / "device_check.log").read_text()
     assert "tests marked cuda" in log and "# bench train" in log
     assert "6 skipped" in log or torch.cuda.is_available()
-    assert took < 120, f"the CPU dry run took {took:.0f} s"
 
 
 def test_priors_are_named_with_their_preset_and_init():

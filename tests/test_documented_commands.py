@@ -85,6 +85,7 @@ class Run:
     expect: list[str] = field(default_factory=list)              # regexes, each must match the output
     files: list[str] = field(default_factory=list)               # written files that must exist after
     exit: int = 0                                                # expected exit status
+    slow: bool = False   # runs with the slow tests only: nothing later reads its output, and its parts run too
 
 
 TRAIN = " --set train.batch_size=2 --set val.every=0 --no-progress"  # appended: a 2-image batch, no validation
@@ -148,7 +149,7 @@ RUNS: dict[str, Run] = {
         [r"best"], ["ct23.yaml", "study.db"]),
     "scoreinv bench": Run([("bench", "bench " + BENCH + " --size 32 --steps 2")],
                           [r"^# bench train", r"^fp32_peak_fraction: ", r"^chosen: ", r"^# bench physics",
-                           r"^fp_rel_err_vs_skimage: ", r"^# bench sampler", r"^ct_overhead_fraction: "]),
+                           r"^fp_rel_err_vs_skimage: ", r"^# bench sampler", r"^ct_overhead_fraction: "], slow=True),
     "scoreinv bench train --seconds 3": Run([("--seconds 3", BENCH)], [r"^# bench train", r"^fp32_images_per_s: ",
                                                                        r"^chosen: "]),
     # deepinv lives in its own environment (make bench-peers); here the line must say so and exit 2
@@ -307,7 +308,8 @@ def test_every_documented_line_has_a_run():
     assert not stale, "RUNS entries no longer documented:\n" + "\n".join(stale)
 
 
-@pytest.mark.parametrize("line", list(RUNS), ids=[ln[:70] for ln in RUNS])
+@pytest.mark.parametrize("line", [pytest.param(ln, id=ln[:70], marks=[pytest.mark.slow] if r.slow else [])
+                                  for ln, r in RUNS.items()])
 def test_documented_line_runs(line, workspace, registry_files, monkeypatch):
     monkeypatch.chdir(workspace)
     realdata_factory.use_standins(monkeypatch, registry_files, workspace / "scoreinv-data")  # never the user's cache

@@ -155,6 +155,24 @@ def test_verdict_names_what_is_off_and_by_how_much():
         f"out-of-distribution check: ok (typicality τ max {ood.TYPICALITY_THRESHOLD * 0.9:.2f} <= ")
 
 
+def test_a_model_whose_validation_images_spread_wider_gets_a_higher_threshold():
+    """τ is judged against the model's own validation spread: the global threshold for a tight
+    reference, THRESHOLD_MARGIN times the largest validation τ for a wide one (ct256's head and chest
+    slabs), and the record, the warning and the summary line all carry the threshold used."""
+    tight = {"validation_tau": {"median": 1.0, "max": 1.1}}
+    wide = {"validation_tau": {"median": 0.82, "max": 1.3}}
+    assert ood.typicality_threshold(None) == ood.typicality_threshold(tight) == ood.TYPICALITY_THRESHOLD
+    limit = ood.typicality_threshold(wide)
+    assert limit == pytest.approx(ood.THRESHOLD_MARGIN * 1.3) and limit > ood.TYPICALITY_THRESHOLD
+    tau = (ood.TYPICALITY_THRESHOLD + limit) / 2          # flagged by the global threshold, not by the model's
+    assert ood.verdict(tau, {}, 0.0, 0.0).verdict == "out-of-distribution"
+    quiet = ood.verdict(tau, {}, 0.0, 0.0, threshold=limit)
+    assert quiet.verdict == "ok" and quiet.thresholds["typicality"] == limit
+    assert f"<= {limit:.3g}" in ood.summary_line([quiet])
+    loud = ood.verdict(limit * 1.1, {}, 0.0, 0.0, threshold=limit)
+    assert loud.verdict == "out-of-distribution" and f"threshold {limit:.3g}x" in loud.warning
+
+
 def test_export_stores_the_reference_of_the_shipped_weights(tiny_checkpoint, tmp_path):
     path = export(tiny_checkpoint, "tiny", dest=str(tmp_path), ood_images=4)
     rec = read_checkpoint(path)["ood_reference"]
@@ -174,14 +192,16 @@ def test_export_stores_the_reference_of_the_shipped_weights(tiny_checkpoint, tmp
 
 def test_a_model_without_a_reference_gets_one_computed_once(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("SCOREINV_DATA", str(tmp_path / "cache"))
-    first = ood.model_reference(tiny_checkpoint, n=4)
+    said = []
+    first = ood.model_reference(tiny_checkpoint, n=4, log=said.append)
     files = list((tmp_path / "cache" / "ood-references").glob("*.json"))
     assert len(files) == 1 and first["images"] == 4
+    assert len(said) == 1 and "computing them once from 4 validation images" in said[0]   # the user is told
 
     def fail(*a, **k):
         raise AssertionError("recomputed")
     monkeypatch.setattr(ood, "reference_values", fail)
-    assert ood.model_reference(tiny_checkpoint, n=4) == first
+    assert ood.model_reference(tiny_checkpoint, n=4, log=said.append) == first and len(said) == 1
     files[0].write_text("{damaged")
     assert ood.model_reference(tiny_checkpoint, compute=False) is None
 
@@ -250,6 +270,7 @@ def test_reconstruct_prints_the_guard_and_reports_each_slice(tiny_checkpoint, tm
     slices = rep["ood_check"]["slices"]
     assert len(slices) == 2 and all(s["typicality"] is not None for s in slices)
     assert rep["ood_check"]["summary"] in out
+    assert "carries no reference values of version" in out                   # computing it was announced
     assert [s["residual"] for s in slices] == pytest.approx(rep["residual"])
     cached = list((tmp_path / "cache" / "ood-references").glob("*.json"))
     assert len(cached) == 1                                                   # the tiny model had none stored

@@ -382,7 +382,7 @@ def reconstruct_many(checkpoint: str, specs, out_dir, fmt: str = "nii.gz", *, sh
         t0 = time.perf_counter()
         try:
             p = plan(checkpoint, str(src), str(out / names[i]), device=device, overwrite=True, loaded=model,
-                     preset=preset, **options)
+                     preset=preset, log=log, **options)
             if p.settings.describe() not in described:
                 described.add(p.settings.describe())
                 log(f"{shard.tag}solver {p.settings.describe()}")

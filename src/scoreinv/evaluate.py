@@ -13,6 +13,7 @@ into `out_dir`:
 - reconstructions.npz: ground_truth, naive, recon_<solver> (and std_<solver> with samples > 1);
 - comparison.png: rows = images (reconstruction and |error| rows), columns = ground truth and
   each solver.
+The parts are merged into these files by `eval_outputs.write_outputs`.
 Resume: every (solver, batch) result is saved atomically under parts/ as it completes; a rerun
 skips what exists, so a killed evaluation resumes and a larger --num-images extends it. The
 configuration (everything but num_images; solvers may be added) lives in eval.json and a
@@ -43,10 +44,8 @@ Score solvers with `coupling: ztv` couple the consecutive slices of a volume wit
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import time
@@ -62,11 +61,11 @@ from .baselines import BASELINES, choose_weight, get_baseline
 from .batch import Shard
 from .data.base import derive_seed
 from .errors import ScoreinvError, check_int
-from .metrics import VOLUME_METRICS, compute_metrics, summarise, volume_metrics
-from .eval_report import MAIN_VARIANT, comparison_figure, format_table
+from .eval_outputs import load_part, slice_labels, volume_index, write_outputs
+from .metrics import compute_metrics
 from .runinfo import config_diff, environment
 from .sampling.inputs import measurement_sigma, problem_inputs
-from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, SolverConfig, check_applies, estimate_name, record,
+from .sampling.settings import (REFERENCE_KEYWORD, SOLVERS, SolverConfig, check_applies, record,
                                 resolve, shipped_model)
 from .sampling.solvers import posterior, sigma_range, solve
 from .tasks import Problem, TaskOptions, build_problem, repeat_operator
@@ -209,59 +208,6 @@ def check_score_methods(methods, options: TaskOptions, model=None) -> None:
             sigma_range(model.sde, SolverConfig(**m.params))
 
 
-def volume_index(dataset) -> list[tuple[int, int]] | None:
-    """(volume, slice) of every image of a dataset of volumes (its `index`), else None."""
-    idx = getattr(dataset, "index", None)
-    if not isinstance(idx, (list, tuple)) or len(idx) != len(dataset) \
-            or not all(isinstance(e, (tuple, list)) and len(e) == 2 for e in idx):
-        return None
-    return [(int(v), int(k)) for v, k in idx]
-
-
-def _runs(index, images) -> list[int]:
-    """A run number per image of `images` (dataset indices, in order): a new run wherever the next image
-    is not the next slice of the same volume."""
-    out, run = [], 0
-    for j, i in enumerate(images):
-        prev = index[images[j - 1]] if j else None
-        if j and not (index[i][0] == prev[0] and index[i][1] == prev[1] + 1):
-            run += 1
-        out.append(run)
-    return out
-
-
-def slice_labels(index, images) -> torch.Tensor | None:
-    """Volume labels (B,) of a batch for the coupled solvers (docs/design.md §9.2): consecutive slices of
-    one volume share a label; None without an index."""
-    return None if index is None else torch.tensor(_runs(index, [int(i) for i in images]))
-
-
-def volume_scores(index, images, x: np.ndarray, ref: np.ndarray) -> dict:
-    """Volume metrics (docs/design.md §9.3) of the reconstructions x against ref ((N, 1, S, S), the
-    evaluated images `images` in order), averaged over the runs of 2+ consecutive slices; {} if none."""
-    if index is None:
-        return {}
-    runs = np.asarray(_runs(index, [int(i) for i in images]))
-    vals = []
-    for r in np.unique(runs):
-        pos = np.flatnonzero(runs == r)
-        if len(pos) >= 2:
-            vals.append(volume_metrics(torch.from_numpy(x[pos]), torch.from_numpy(ref[pos])))
-    if not vals:
-        return {}
-    sizes = [int((runs == r).sum()) for r in np.unique(runs)]
-    out = {"n_volumes": len(vals), "slices": [n for n in sizes if n >= 2]}
-    for k in VOLUME_METRICS:
-        v = np.asarray([d[k] for d in vals])
-        out[k] = None if np.isnan(v).any() else float(v.mean())
-    return out
-
-
-def estimate_of(method: Method, samples: int) -> str:
-    """The estimate a method's rows score (settings.estimate_name)."""
-    return estimate_name(SolverConfig(**method.params) if method.kind == "score" else None, samples)
-
-
 def model_fingerprint(model) -> str:
     """sha256 (16 hex digits) of the network weights: identifies the model a result came from."""
     h = hashlib.sha256()
@@ -350,14 +296,6 @@ def image_metrics(names, x: torch.Tensor, ref: torch.Tensor, metal_mask=None) ->
     return out
 
 
-def _summary_stats(k: str, v: np.ndarray) -> dict:
-    bad = int(np.isnan(v).sum())
-    if bad:
-        return {f"{k}_mean": None, f"{k}_std": None, f"{k}_undefined": bad}
-    m, s = summarise(v)
-    return {f"{k}_mean": m, f"{k}_std": s}
-
-
 def check_out_dir(out: Path) -> None:
     """--out, before any computation: a writable new or empty folder, or one holding an earlier
     evaluation (eval.json) and nothing but the files an evaluation writes."""
@@ -374,28 +312,11 @@ def check_out_dir(out: Path) -> None:
                             "or the folder of an earlier evaluation to resume it")
 
 
-def _environment(parts) -> dict:
-    """The environment the parts were computed in; {'mixed': [...]} if a resumed run changed it."""
-    envs = sorted({str(p["env"]) if "env" in p else "{}" for p in parts})
-    if len(envs) == 1:
-        return json.loads(envs[0]) or {"recorded": False}
-    return {"mixed": [json.loads(e) or {"recorded": False} for e in envs]}
-
-
-def _load_part(path: Path, idx: np.ndarray):
-    """The saved part at `path` if it covers exactly the images `idx`, else None."""
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        part = {k: z[k] for k in z.files}
-    return part if np.array_equal(part["idx"], idx) else None
-
-
 def _check_same_images(out: Path, dataset, idx: np.ndarray) -> None:
     """A resumed folder must hold results of the same images: eval.json does not record the image
     size (without a model) or --data-seed, so the stored ground truth of the first batch is
     compared with the images the dataset gives now."""
-    part = _load_part(out / "parts" / "truth" / "b00000.npz", idx)
+    part = load_part(out / "parts" / "truth" / "b00000.npz", idx)
     if part is None:
         return
     x = load_images(dataset, idx).numpy()
@@ -461,8 +382,8 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
     for b in shard.mine(len(batches)):
         idx = batches[b]
         truth_path = out / "parts" / "truth" / f"b{b:05d}.npz"
-        todo = [m for m in methods if _load_part(out / "parts" / m.name / f"b{b:05d}.npz", idx) is None]
-        if not todo and _load_part(truth_path, idx) is not None:
+        todo = [m for m in methods if load_part(out / "parts" / m.name / f"b{b:05d}.npz", idx) is None]
+        if not todo and load_part(truth_path, idx) is not None:
             continue
         x = load_images(dataset, idx)
         problem = build_problem(x, options, torch.Generator().manual_seed(derive_seed(seed, "problem", b)))
@@ -487,95 +408,21 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
     shard.barrier()              # every part is written: rank 0 merges them
     if not shard.lead:
         return []
-    return _write_outputs(out, options, methods, batches, names, data_id, split, samples, figure_images, log, vindex)
+    return write_outputs(out, options, methods, batches, names, data_id, split, samples, figure_images, log, vindex)
 
 
 def ood_arrays(model, problem: Problem, x: torch.Tensor, reference: dict | None, batch: int, device) -> dict:
     """The out-of-distribution guard (`ood.check`, docs/design.md §4.4) on a score solver's reconstructions
     x (B, 1, H, W) of one problem batch, as arrays for its part file: ood_tau (B,) (NaN: no reference),
     ood_ratio (B, len(ood.SIGMAS)), ood_rho and ood_nu (B,): the residual on the operator and data the solver
-    saw and its noise floor."""
+    saw and its noise floor, ood_threshold (B,): the model's typicality threshold (`ood.typicality_threshold`)."""
     y = problem.y.to(device)
     sig = measurement_sigma(problem.noise, problem.task, problem.op, problem.baseline_op, problem.baseline_y)
     recs = ood.check(model, problem.op, y, x.to(device), reference, sig, batch=batch)
     nan = float("nan")
     return {"ood_tau": np.array([nan if r.typicality is None else r.typicality for r in recs]),
             "ood_ratio": np.array([[r.typicality_per_sigma.get(f"{s:g}", nan) for s in ood.SIGMAS] for r in recs]),
-            "ood_rho": np.array([r.residual for r in recs]), "ood_nu": np.array([r.noise_floor for r in recs])}
+            "ood_rho": np.array([r.residual for r in recs]), "ood_nu": np.array([r.noise_floor for r in recs]),
+            "ood_threshold": np.array([r.thresholds["typicality"] for r in recs])}
 
 
-def ood_records(parts, index) -> list | None:
-    """The guard's records (`ood.verdict`) of a score solver's images from its parts (`ood_arrays`),
-    labelled by image index; None when a part predates the guard."""
-    if any("ood_rho" not in p for p in parts):
-        return None
-    tau = np.concatenate([p["ood_tau"] for p in parts])
-    ratio = np.concatenate([p["ood_ratio"] for p in parts])
-    rho = np.concatenate([p["ood_rho"] for p in parts])
-    nu = np.concatenate([p["ood_nu"] for p in parts])
-    out = []
-    for i, img in enumerate(index):
-        t = None if math.isnan(tau[i]) else float(tau[i])
-        per = {} if t is None else {f"{s:g}": float(ratio[i, j]) for j, s in enumerate(ood.SIGMAS)}
-        out.append(ood.verdict(t, per, float(rho[i]), float(nu[i]), f"image {int(img)}: "))
-    return out
-
-
-def _write_outputs(out: Path, options, methods, batches, names, data_id, split, samples, figure_images, log,
-                   vindex=None):
-    truth = [_load_part(out / "parts" / "truth" / f"b{b:05d}.npz", idx) for b, idx in enumerate(batches)]
-    gt = np.concatenate([t["x"] for t in truth])
-    arrays = {"index": np.concatenate(batches), "ground_truth": gt,
-              "naive": np.concatenate([t["naive"] for t in truth])}
-    if "metal_mask" in truth[0]:
-        arrays["metal_mask"] = np.concatenate([t["metal_mask"] for t in truth])
-    rows, summary = [], []
-    for m in methods:
-        parts = [_load_part(out / "parts" / m.name / f"b{b:05d}.npz", idx) for b, idx in enumerate(batches)]
-        arrays[f"recon_{m.name}"] = np.concatenate([p["x"] for p in parts])
-        if "std" in parts[0]:
-            arrays[f"std_{m.name}"] = np.concatenate([p["std"] for p in parts])
-        vals = {k: np.concatenate([p[f"m_{k}"] for p in parts]) for k in names}
-        secs = np.concatenate([np.full(len(p["idx"]), float(p["seconds"]) / len(p["idx"])) for p in parts])
-        nfe = int(parts[0]["nfe"])
-        est = estimate_of(m, samples)
-        checks = ood_records(parts, arrays["index"]) if m.kind == "score" else None
-        for i, img in enumerate(arrays["index"]):
-            guard = {"ood_tau": "" if checks is None or checks[i].typicality is None else round(checks[i].typicality, 4),
-                     "ood_verdict": "" if checks is None else checks[i].verdict}
-            rows.append({"image": int(img), "solver": m.name, **{k: float(vals[k][i]) for k in names},
-                         "seconds": float(secs[i]), "nfe": nfe, "estimate": est, **guard})
-        rec = {"solver": m.name, "kind": m.kind, "estimate": est, "task": options.task, "setting": options.setting(),
-               "data": data_id, "split": split, "metric_variant": MAIN_VARIANT}
-        for k in names:
-            rec.update(_summary_stats(k, vals[k]))
-        rec.update(sec_per_image=float(secs.mean()), nfe=nfe, n_images=int(len(secs)),
-                   samples=samples if m.kind == "score" else 1,
-                   params=m.params, environment=_environment(parts))
-        if checks is not None:
-            line = ood.summary_line(checks, unit="image")
-            taus = [c.typicality for c in checks if c.typicality is not None]
-            rec["ood_check"] = {"summary": line, "n_flagged": sum(c.verdict != "ok" for c in checks),
-                                "typicality_max": max(taus) if taus else None,
-                                "flagged": [int(i) for i, c in zip(arrays["index"], checks) if c.verdict != "ok"]}
-            log(f"[{m.name}] {line}")
-        vol = volume_scores(vindex, arrays["index"], arrays[f"recon_{m.name}"], gt)
-        if vol:
-            rec["volume"] = vol
-            planes = "/".join("n/a" if vol[f"psnr_{q}"] is None else f"{vol[f'psnr_{q}']:.2f}"
-                              for q in ("axial", "coronal", "sagittal"))
-            zg = "n/a" if vol["zgrad_rmse"] is None else f"{vol['zgrad_rmse']:.4g}"
-            log(f"[{m.name}] {vol['n_volumes']} volume(s): PSNR axial/coronal/sagittal {planes} dB, "
-                f"z-gradient RMSE {zg}")
-        summary.append(rec)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe", "estimate", "ood_tau",
-                                        "ood_verdict"], lineterminator="\n", restval="")
-    w.writeheader()
-    w.writerows(rows)
-    atomic.write_text(out / "metrics.csv", buf.getvalue())
-    atomic.write_text(out / "summary.json", json.dumps(summary, indent=1))
-    atomic.savez(out / "reconstructions.npz", **arrays)
-    comparison_figure(arrays, [m.name for m in methods], out / "comparison.png", options.task, figure_images)
-    log(format_table(summary))
-    return summary

@@ -26,10 +26,12 @@ Two statistics per slice:
 
 `check` returns an `OODRecord` per slice (statistics, thresholds, verdict, one warning line). The
 thresholds (TYPICALITY_THRESHOLD, RESIDUAL_FLOOR, RESIDUAL_FACTOR) were calibrated on mri64 at 64x64
-and the patch prior mri256 at 256x256 (docs/design.md §4.4). The reference values travel with the model: `export` stores them as the
-checkpoint's `ood_reference`; for a model without them (shipped before this guard) `model_reference`
-computes them once from the validation split of the model's dataset and caches them beside the
-user's other scoreinv caches (`reference_cache_dir`), keyed by the checkpoint's content.
+and the patch prior mri256 at 256x256; a model whose own validation images spread wider gets a
+higher typicality threshold (`typicality_threshold`, calibrated on ct256; docs/design.md §4.4).
+The reference values travel with the model: `export` stores them as the checkpoint's
+`ood_reference`; for a model without them (shipped before this guard) `model_reference` computes
+them once from the validation split of the model's dataset and caches them beside the user's other
+scoreinv caches (`reference_cache_dir`), keyed by the checkpoint's content.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ REFERENCE_IMAGES = 32                 # validation images of the reference value
 REFERENCE_VERSION = 2                 # bumped when the statistic changes: older references are recomputed
 
 TYPICALITY_THRESHOLD = 1.5            # τ above this: out of distribution (calibration: docs/design.md §4.4)
+THRESHOLD_MARGIN = 1.3                # ... or above this times the model's own validation images' largest τ
 RESIDUAL_FACTOR = 3.0                 # ρ above RESIDUAL_FACTOR ν + RESIDUAL_FLOOR: the data were left
 RESIDUAL_FLOOR = 0.02
 
@@ -155,6 +158,19 @@ def typicality(stat: torch.Tensor, reference: dict) -> torch.Tensor:
 
 
 # --- reference values ---------------------------------------------------------------------------
+def typicality_threshold(reference: dict | None) -> float:
+    """The τ above which a model's slices are flagged: TYPICALITY_THRESHOLD, or THRESHOLD_MARGIN times
+    the largest τ of the model's own validation images (`validation_tau` of its reference record)
+    when that is higher. A prior trained on unlike groups of images has validation images at unlike
+    τ: ct256's reference mixes head and chest CT slabs, whose τ are 0.81-0.83 and 1.26-1.34, and an
+    unseen chest CT patient (lung2) then sits at 1.27-1.55 clean and up to 1.62 reconstructed
+    (docs/design.md §4.4)."""
+    vt = (reference or {}).get("validation_tau", {}).get("max")
+    if vt is None or not math.isfinite(float(vt)):
+        return TYPICALITY_THRESHOLD
+    return max(TYPICALITY_THRESHOLD, THRESHOLD_MARGIN * float(vt))
+
+
 def reference_values(model, images: torch.Tensor, describe: dict | None = None, batch: int = 32) -> dict:
     """The reference record of a model: r̄_ref(σ) (`ratio`: the geometric mean of `statistic` over
     `images`, (N, 1, H, W) in [0, 1], the model's clean validation images), the prior's mean error
@@ -231,13 +247,14 @@ def _cached(path: Path) -> dict | None:
 
 
 def model_reference(checkpoint: str, model=None, cfg=None, compute: bool = True,
-                    n: int = REFERENCE_IMAGES) -> dict | None:
+                    n: int = REFERENCE_IMAGES, log=None) -> dict | None:
     """The reference record of a checkpoint: its `ood_reference` entry (written by `export`) when it is
     of this version of the statistic (`check_reference`), else
     one computed once (from n images of the validation split of the model's dataset,
     `validation_images`) and cached in `reference_cache_dir()` under the checkpoint file's SHA-256;
     None when it has none and `compute` is False or its dataset cannot be built (e.g. a real dataset
-    not fetched). model, cfg: the loaded checkpoint, if the caller has it (else it is loaded)."""
+    not fetched). model, cfg: the loaded checkpoint, if the caller has it (else it is loaded); log: gets
+    one line before a reference is computed (it takes a while: 2 noise levels x 2 draws of n images)."""
     from .score import load_score_model, read_checkpoint, resolve_checkpoint
     path = resolve_checkpoint(checkpoint)
     ck = read_checkpoint(path)
@@ -256,6 +273,10 @@ def model_reference(checkpoint: str, model=None, cfg=None, compute: bool = True,
         images, describe = validation_images(cfg, n)
     except ScoreinvError:           # no validation data here: the guard judges the data residual only
         return None
+    if log is not None:
+        log(f"out-of-distribution check: {Path(path).name} carries no reference values of version "
+            f"{REFERENCE_VERSION}; computing them once from {images.shape[0]} validation images of "
+            f"{describe['dataset']} (cached in {cache.parent})")
     rec = reference_values(model, images.to(next(model.parameters()).device), describe)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_text(cache, json.dumps(rec, indent=1))
@@ -302,19 +323,21 @@ class OODRecord:
         return asdict(self)
 
 
-def verdict(tau: float | None, per_sigma: dict, rho: float, nu: float, where: str = "") -> OODRecord:
-    """The record of one slice from its statistics (thresholds of the module docstring)."""
+def verdict(tau: float | None, per_sigma: dict, rho: float, nu: float, where: str = "",
+            threshold: float = TYPICALITY_THRESHOLD) -> OODRecord:
+    """The record of one slice from its statistics (thresholds of the module docstring; `threshold`:
+    the model's typicality threshold, `typicality_threshold`)."""
     limit = RESIDUAL_FACTOR * nu + RESIDUAL_FLOOR
-    th = {"typicality": TYPICALITY_THRESHOLD, "residual": limit, "residual_factor": RESIDUAL_FACTOR,
+    th = {"typicality": threshold, "residual": limit, "residual_factor": RESIDUAL_FACTOR,
           "residual_floor": RESIDUAL_FLOOR}
     off, parts = [], []
-    if tau is not None and tau > TYPICALITY_THRESHOLD:
+    if tau is not None and tau > threshold:
         off.append("out-of-distribution")
         worst = max(per_sigma, key=per_sigma.get) if per_sigma else None
         at = f"; {per_sigma[worst]:.1f}x at σ = {worst}" if worst is not None else ""
         parts.append(f"the prior denoises it {tau:.1f}x worse than its validation images, relative to a plain "
                      f"smoother (threshold "
-                     f"{TYPICALITY_THRESHOLD:g}x{at}): it looks unlike the training data, and a score solver may "
+                     f"{threshold:.3g}x{at}): it looks unlike the training data, and a score solver may "
                      "have painted the training anatomy or noise into it")
     if rho > limit:
         off.append("data-inconsistent")
@@ -333,7 +356,8 @@ def summary_line(records: list[OODRecord], unit: str = "slice") -> str:
     taus = [r.typicality for r in records if r.typicality is not None]
     warned = [r for r in records if r.warning]
     if not warned:
-        t = (f"typicality τ max {max(taus):.2f} <= {TYPICALITY_THRESHOLD:g}" if taus
+        limit = min(r.thresholds.get("typicality", TYPICALITY_THRESHOLD) for r in records)
+        t = (f"typicality τ max {max(taus):.2f} <= {limit:.3g}" if taus
              else "typicality not judged (no reference values for this model)")
         return (f"out-of-distribution check: ok ({t}; data residual max {max(r.residual for r in records):.3g}, "
                 f"within the noise allowance)")
@@ -352,7 +376,7 @@ def check(model, op, y: torch.Tensor, x: torch.Tensor, reference: dict | None, s
     xr = (x.abs() if x.is_complex() else x).float()
     rho = relative_residual(op, x, y)
     nu = noise_floor(op, y, sigma_y)
-    tau, ratios = None, None
+    tau, ratios, limit = None, None, typicality_threshold(reference)
     if reference is not None:
         check_reference(reference, "ood reference")
         stat = statistic(model, xr, SIGMAS, DRAWS, batch)
@@ -362,5 +386,5 @@ def check(model, op, y: torch.Tensor, x: torch.Tensor, reference: dict | None, s
     for i in range(x.shape[0]):
         per = {f"{s:g}": float(ratios[i, j]) for j, s in enumerate(SIGMAS)} if ratios is not None else {}
         where = labels[i] if labels is not None else ""
-        out.append(verdict(None if tau is None else float(tau[i]), per, float(rho[i]), float(nu[i]), where))
+        out.append(verdict(None if tau is None else float(tau[i]), per, float(rho[i]), float(nu[i]), where, limit))
     return out

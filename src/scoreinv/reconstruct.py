@@ -223,9 +223,10 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
          samples: int = 1, sets: dict | None = None, preset: str | None = None, batch_size: int = 8,
          seed: int = 0, device: str = "auto", ct_operator: str | None = None, slices: str | None = None,
          overwrite: bool = False, report: str | None = None, coupling: str | None = None,
-         loaded: tuple | None = None) -> Plan:
+         loaded: tuple | None = None, log=None) -> Plan:
     """Load and check everything; raises ScoreinvError before any sampling (module docstring).
-    loaded: (model, model config) of `checkpoint` already loaded on `device` (a batch run loads it once)."""
+    loaded: (model, model config) of `checkpoint` already loaded on `device` (a batch run loads it once);
+    log: gets a line when the out-of-distribution reference must be computed (`ood.model_reference`)."""
     check_int("--samples", samples)
     check_int("--batch-size", batch_size)
     writers.output_format(out)
@@ -273,7 +274,7 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     if ct_operator == "fourier":
         solve_op, y = fourier_from_parallel(op, y)
     solvers.check_run(settings.cfg, solve_op, model.sde)
-    reference = ood.model_reference(checkpoint, model, model_cfg)
+    reference = ood.model_reference(checkpoint, model, model_cfg, log=log)
     return Plan(meas, full.source, idx, op, solve_op, y, settings.cfg, settings, model, model_cfg, str(out),
                 int(samples), int(batch_size), int(seed), dev, ct_operator, spacing, volume, reference)
 

@@ -202,7 +202,7 @@ def run(args) -> int:
         if args.pick == "spread":      # the pick is part of the data's identity: a resumed run must repeat it
             ds = _spread(ds, args.num_images, "--num-images")
             did = f"{did} [spread {args.num_images}]"
-        reference = ood.model_reference(args.checkpoint, model) if model is not None else None
+        reference = ood.model_reference(args.checkpoint, model, log=shard.say) if model is not None else None
         evaluate(args.out, opts, ds, methods, args.num_images, data_id=did, split=args.split,
                  model=model, model_id=fingerprint, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
                  device=device, val_dataset=lambda: _val(args, size), n_val=args.val_images, shard=shard,

@@ -137,7 +137,8 @@ def run(args) -> int:
     p = plan(args.checkpoint, args.measurements, args.out, solver=args.solver, steps=args.steps,
              samples=args.samples, sets=parse_sets(args.set), preset=args.preset, batch_size=args.batch_size,
              seed=args.seed, device=args.device, ct_operator=args.ct_operator, slices=args.slices,
-             overwrite=args.overwrite, report=args.report, coupling=args.coupling)
+             overwrite=args.overwrite, report=args.report, coupling=args.coupling,
+             log=lambda line: print(line, flush=True))
     h, w = p.meas.image_size
     print(f"reconstruct: {len(p.meas)} slice(s) {h}x{w} from {args.measurements} ({p.meas.task}, {p.solve_op.name}); "
           f"{p.samples} sample(s) per slice, seed {p.seed}, {p.device}\n"
