@@ -302,11 +302,15 @@ class Result:
     nfe: int                           # network evaluations per slice (all samples)
     estimate: str                      # what the output is (settings.estimate_name)
     seconds: float
-    residual: torch.Tensor             # (S,) ‖A x − y‖ / ‖y‖ of the mean, the file's operator and y
     ood: list = field(default_factory=list)       # (S,) ood.OODRecord of the mean (docs/design.md §4.4)
     metrics: dict = field(default_factory=dict)   # name -> (S,) against the file's ground truth
     files: list = field(default_factory=list)
     volume: dict = field(default_factory=dict)    # volume metrics (docs/design.md §9.3) when the slices form a volume
+
+    @property
+    def residual(self) -> torch.Tensor:
+        """(S,) float64 ‖A x − y‖ / ‖y‖ of the mean on the file's operator and y (from the guard's records)."""
+        return torch.tensor([c.residual for c in self.ood], dtype=torch.float64)
 
 
 def run(p: Plan, progress: bool = True) -> Result:
@@ -339,8 +343,7 @@ def run(p: Plan, progress: bool = True) -> Result:
         if t is not None and not bool(torch.isfinite(t).all()):
             raise ScoreinvError(f"the {name} holds NaN or Inf (solver {p.cfg.name}); nothing written. Try fewer "
                                 "corrector steps, a smaller snr, or another checkpoint")
-    residual = torch.tensor([c.residual for c in checks], dtype=torch.float64)
-    result = Result(mean, std, nfe, estimate_name(p.cfg, p.samples), seconds, residual, checks, metrics(p, mean),
+    result = Result(mean, std, nfe, estimate_name(p.cfg, p.samples), seconds, checks, metrics(p, mean),
                     volume=volume_scores(p, mean))
     result.files = write(p, result)
     return result
