@@ -40,3 +40,18 @@ def test_yaml_file_with_unknown_key_is_rejected(tmp_path):
 def test_round_trip_through_dict():
     c = C.load_config("mri64")
     assert C.to_dict(C.from_dict(C.to_dict(c))) == C.to_dict(c)
+
+
+def test_data_options_reach_the_dataset_and_are_checked_against_it(tmp_path):
+    from scoreinv.data.registry import build_dataset
+    c = C.load_config("ct64", ["data.options.n_train=7", "data.options.n_val=3"])
+    assert len(build_dataset(c.data.dataset, "train", 16, **C.data_options(c.data))) == 7
+    assert len(build_dataset(c.data.dataset, "val", 16, **C.data_options(c.data))) == 3
+    f = tmp_path / "c.yaml"         # and from a config file, kept through a saved config
+    f.write_text("data:\n  dataset: mri-mix\n  options:\n    real_fraction: 0.25\n")
+    c = C.from_dict(C.to_dict(C.load_config(str(f))))
+    assert C.data_options(c.data)["real_fraction"] == 0.25
+    with pytest.raises(ScoreinvError, match="data.options: unknown option.*real_fraction.*phantoms"):
+        C.load_config("ct64", ["data.options.real_fraction=0.5"])
+    with pytest.raises(ScoreinvError, match="set data.hu_min instead"):
+        C.load_config("ct64", ["data.options.hu_min=0"])

@@ -40,6 +40,13 @@ def test_search_space_bounds():
     assert T.search_space("projection", "mar", solver_config("projection", "mar")) == {"lam": (0.0, 1.0, False)}
     assert T.search_space("dds", "ct", solver_config("dds", "ct")) == {"lam": (0.0, 1.0, False),
                                                                       "eta": (0.0, 1.0, False)}
+    # ddrm and diffpir also search the factor on their fresh noise, and σ_w when they warm-start
+    assert T.search_space("ddrm", "mri", solver_config("ddrm", "mri")) == {
+        "eta": (0.0, 1.0, False), "eta_b": (0.0, 1.0, False), "noise_scale": (0.05, 1.0, False)}
+    warm = solver_config("diffpir", "ct", warm_start="classical")
+    assert T.search_space("diffpir", "ct", warm) == {
+        "hqs_lambda": (0.1, 100.0, True), "hqs_zeta": (0.0, 1.0, False), "noise_scale": (0.05, 1.0, False),
+        "warm_sigma": (0.2, 10.0, True)}
 
 
 def test_search_space_bound_overrides():

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ScoreinvError, check_int, check_range
@@ -25,6 +26,11 @@ class DataConfig:
     normalize: str = "auto"          # auto | minmax | window
     hu_min: float = -1024.0
     hu_max: float = 3200.0
+    options: dict[str, Any] = field(default_factory=dict)   # the dataset's other options (docs/data.md)
+
+
+# DataConfig fields that go to every dataset as keyword options; data.options holds the rest
+DATA_FIELDS = ("axis", "normalize", "hu_min", "hu_max")
 
 
 @dataclass
@@ -191,8 +197,29 @@ def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
+def data_options(d) -> dict:
+    """The keyword options of `data.registry.build_dataset` that a data config gives: data.options
+    (e.g. mri-mix's real_fraction, a folder's fractions) and the named fields (axis, normalize,
+    hu_min, hu_max), which every dataset accepts at their defaults."""
+    extra = OmegaConf.to_container(d.options) if isinstance(d.options, DictConfig) else dict(d.options)
+    return {**extra, **{k: getattr(d, k) for k in DATA_FIELDS}}
+
+
+def _validate_data(d) -> None:
+    """data.options: no named field twice, and only options the dataset takes (registry.check_options)."""
+    from .data.registry import check_options
+    for k in d.options:
+        if k in DATA_FIELDS:
+            raise ScoreinvError(f"data.options.{k}: {k} is a field of its own; set data.{k} instead")
+    try:
+        check_options(d.dataset, data_options(d))
+    except ScoreinvError as e:
+        raise ScoreinvError(f"data.options: {e}") from None
+
+
 def validate(cfg) -> None:
     m, t = cfg.model, cfg.train
+    _validate_data(cfg.data)
     for name, value, choices in [
         ("model.sde", m.sde, ("ve", "vp", "subvp")),
         ("model.preconditioning", m.preconditioning, ("edm", "paper")),

@@ -19,6 +19,7 @@ the number of noise levels).
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,6 @@ def figure(out: Path, case_list, solver: str | None) -> None:
             title = name if j == 0 else f"{name}\n{float(psnr(torch.from_numpy(img), torch.from_numpy(gt))[0]):.1f} dB"
             ax.set_title(title, fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
-        axes[i, 0].set_ylabel(case.title, fontsize=7)
+        axes[i, 0].set_ylabel(textwrap.fill(case.title, 32), fontsize=7)   # two short lines fit the row
     fig.tight_layout()
     save_figure(fig, out / "demo.png", dpi=110)

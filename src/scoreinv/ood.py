@@ -194,7 +194,7 @@ def validation_images(cfg, n: int = REFERENCE_IMAGES, dataset: str | None = None
     builds it and picked as it picks them: `validation.build_validator`), or of `dataset` / `split`
     at the model's image size -> (images (n, 1, S, S), a description for the record)."""
     from .data.registry import build_dataset
-    from .train import data_options
+    from .config import data_options
     d = cfg.data
     if dataset is None:
         ds = build_dataset(d.dataset, split, int(d.image_size), seed=cfg.train.seed, **data_options(d))

@@ -45,7 +45,7 @@ from .train_init import check_resume, load_init
 from .train_speed import Speed, batch_stream, resolve_speed
 from .validation import ValidationLog, build_validator
 
-__all__ = ["train", "dsm_loss", "resolve_device", "lr_at", "snapshot", "data_options", "RESUMABLE_KEYS"]
+__all__ = ["train", "dsm_loss", "resolve_device", "lr_at", "snapshot", "RESUMABLE_KEYS"]
 
 # config keys that may change when resuming a run (everything else must match); the whole `val`
 # section may change too
@@ -153,7 +153,7 @@ def train(cfg, workdir: str | Path, dataset=None, progress: bool = True, stop_af
 
     if dataset is None:
         dataset = build_dataset(cfg.data.dataset, "train", cfg.data.image_size, seed=t_cfg.seed,
-                                **data_options(cfg.data))
+                                **C.data_options(cfg.data))
     if len(dataset) == 0:
         raise ScoreinvError(f"dataset {cfg.data.dataset!r} has no training images; refusing to train on zero images")
     if world > 1:
@@ -220,7 +220,7 @@ def train(cfg, workdir: str | Path, dataset=None, progress: bool = True, stop_af
             return
         if validator is None:
             vds = val_dataset if val_dataset is not None else build_dataset(
-                cfg.data.dataset, "val", cfg.data.image_size, seed=t_cfg.seed, **data_options(cfg.data))
+                cfg.data.dataset, "val", cfg.data.image_size, seed=t_cfg.seed, **C.data_options(cfg.data))
             validator = build_validator(cfg, vds, device_batch=max(t_cfg.batch_size, 16))
         rec = {"step": step, "kimg": nimg / 1000, "wall_s": wall_s + time.time() - t_call,
                **validator(ema_copy(model, ema))}
@@ -313,10 +313,6 @@ def _time_up(max_minutes: float, t_call: float, device, distributed: bool) -> bo
     flag = torch.tensor([float(up)], device=device)
     dist.broadcast(flag, src=0)
     return bool(flag.item())
-
-
-def data_options(d) -> dict:
-    return {"axis": d.axis, "normalize": d.normalize, "hu_min": d.hu_min, "hu_max": d.hu_max}
 
 
 def snapshot(model, ema, cfg, path: Path, device) -> None:

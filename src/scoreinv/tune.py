@@ -5,7 +5,9 @@ expected improvement; the first `startup_trials` points are uniform random):
 - projection solvers (projection, langevin_projection): (snr, λ); λ ∈ [0, 1];
 - likelihood solvers (baseline, langevin): (snr, r), r ∈ [0.1, 20] on a log scale;
 - dds: (λ, eta), eta ∈ [0, 1]; dps: zeta ∈ [0.01, 10] (log);
-- ddrm: (eta, eta_b) ∈ [0, 1]²; diffpir: hqs_lambda ∈ [0.1, 100] (log), hqs_zeta ∈ [0, 1];
+- ddrm: (eta, eta_b) ∈ [0, 1]²; diffpir: hqs_lambda ∈ [0.1, 100] (log), hqs_zeta ∈ [0, 1]; both also
+  noise_scale ∈ [0.05, 1], the factor on each step's fresh noise (docs/solver_factors.md: the
+  largest single factor of the reference-to-tuned gain, and one that depends on image size and noise);
 - with a warm start (warm_start: classical among the fixed settings), also warm_sigma ∈ [0.2, 10] (log);
 with snr ∈ [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI. snr is not searched when the solver
 runs no corrector (the MAR projection preset is predictor-only). The objective is the mean of a
@@ -53,6 +55,7 @@ from .sampling.solvers import check_run, sigma_of, solve
 from .tasks import Problem, slice_operator
 
 SNR_BOUNDS = {"ct": (0.0, 0.4), "mar": (0.0, 0.4), "mri": (0.2, 0.8)}
+NOISE_SCALE = {"noise_scale": (0.05, 1.0, False)}     # ddrm, diffpir (module docstring)
 HEARTBEAT_S, GRACE_S = 60, 120
 
 
@@ -104,9 +107,9 @@ def _default_space(solver: str, task: str, base: SolverConfig) -> dict[str, tupl
     if solver == "dds":
         return {"lam": (0.0, 1.0, False), "eta": (0.0, 1.0, False), **warm}
     if solver == "ddrm":
-        return {"eta": (0.0, 1.0, False), "eta_b": (0.0, 1.0, False), **warm}
+        return {"eta": (0.0, 1.0, False), "eta_b": (0.0, 1.0, False), **NOISE_SCALE, **warm}
     if solver == "diffpir":
-        return {"hqs_lambda": (0.1, 100.0, True), "hqs_zeta": (0.0, 1.0, False), **warm}
+        return {"hqs_lambda": (0.1, 100.0, True), "hqs_zeta": (0.0, 1.0, False), **NOISE_SCALE, **warm}
     return {"zeta": (0.01, 10.0, True), **warm}
 
 

@@ -35,7 +35,7 @@ from ..data import build_dataset
 from ..errors import ScoreinvError, check_choice, check_int, check_range
 from ..loss import dsm_loss
 from ..score import build_model, count_parameters, read_checkpoint, shipped_models
-from ..train import data_options, resolve_device
+from ..train import resolve_device
 from ..train_speed import (LAYOUTS, batch_stream, bf16_supported, cache_path, compile_pays, data_workers,
                            device_name, measure, probe_key, save_record, sync, variant_name)
 
@@ -154,7 +154,7 @@ def run(preset: str = "ct64", batch_size: int | None = None, overrides=(), secon
         for name, impl in (("adam_foreach", {"foreach": True}), ("adam_loop", {"foreach": False})):
             put(name, measure(cfg, dev, prec, cl, False, b, seconds, adam=impl)["images_per_s"])
     if "data" in groups:
-        ds = build_dataset(cfg.data.dataset, "train", cfg.data.image_size, seed=0, **data_options(cfg.data))
+        ds = build_dataset(cfg.data.dataset, "train", cfg.data.image_size, seed=0, **C.data_options(cfg.data))
         n_workers = max(1, data_workers(-1, dev))
         for name, w in (("data_inline", 0), ("data_workers", n_workers)):
             stream = batch_stream(ds, b, 0, 0, 0, w, pin=dev.type == "cuda")

@@ -24,8 +24,8 @@ then pass the preset to eval or reconstruct: --preset tune/ct23-projection.yaml.
 
 Searches (optuna GPSampler: Gaussian-process Bayesian optimisation after --startup-trials random
 points) over (snr, lambda) for projection / langevin_projection, (snr, r) for baseline /
-langevin, (lambda, eta) for dds, zeta for dps, (eta, eta_b) for ddrm, (hqs_lambda, hqs_zeta) for
-diffpir, plus warm_sigma when the fixed settings warm-start (--set solver.warm_start=classical);
+langevin, (lambda, eta) for dds, zeta for dps, (eta, eta_b, noise_scale) for ddrm, (hqs_lambda, hqs_zeta,
+noise_scale) for diffpir (noise_scale in [0.05, 1]), plus warm_sigma when the fixed settings warm-start (--set solver.warm_start=classical);
 snr in [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI, lambda in [0, 1], r in [0.1, 20] (as the
 paper; --bound replaces one). Objective: mean --metric over
 --num-images images of --split (val by default; the test split is refused).

@@ -66,6 +66,14 @@ def _check_options(kind: str, options: dict) -> None:
                             f"{', '.join(OPTIONS[kind])}")
 
 
+def check_options(spec, options: dict) -> None:
+    """Raise ScoreinvError unless `options` are keyword options the dataset `spec` (a built-in name,
+    else a folder or file path, which need not exist yet) accepts: those of OPTIONS, or a NEUTRAL
+    option at its neutral value."""
+    kind = spec if isinstance(spec, str) and spec in BUILTIN_DATASETS else "folder"
+    _check_options(kind, {k: v for k, v in options.items() if v is not None})
+
+
 def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -> SliceDataset:
     """A dataset of (1, S, S) float32 slices in [0, 1] (see base.SliceDataset).
 
