@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from .data import dicom, orientation
-from .data.readers import nifti_header
+from .data.formats import nifti_header
 from .physics.mar_spectra import HU_MAX, HU_MIN
 
 HU_WINDOW = (HU_MIN, HU_MAX)  # the paper's [0, 1] <-> HU window (docs/design.md §7.1)

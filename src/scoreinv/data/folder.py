@@ -49,17 +49,8 @@ from .base import (
 )
 from .phantoms import check_window
 from .inv3 import inv3_header
-from .readers import (
-    Skipped,
-    VolumeRef,
-    file_kind,
-    hdf5_header,
-    image_header,
-    nifti_header,
-    nrrd_header,
-    numpy_header,
-    skipped_line,
-)
+from .formats import hdf5_header, image_header, nifti_header, nrrd_header, numpy_header
+from .readers import Skipped, VolumeRef, file_kind, skipped_line
 
 NORMALIZE = ("auto", "minmax", "window")
 FITS = ("pad", "crop")

