@@ -11,7 +11,8 @@
   operator, through its sinogram conversion. A scalar per slice: the root mean variance over the
   measured entries (the Poisson noise is heteroscedastic; DDRM and DiffPIR take one level).
 - `classical`: the classical reconstruction a warm start begins from: FBP for CT sinograms,
-  linear-interpolation MAR (`li`) for MAR, the zero-filled image of the conjugate-completed data for
+  normalized MAR (`nmar`, the stronger of the two classical MAR methods: 35.1 against LI's
+  30.3 dB on a lung2 slice at 256) for MAR, the zero-filled image of the conjugate-completed data for
   operators with the decomposition (MRI; the direct Fourier reconstruction of Fourier-slice CT),
   else the minimum-norm least-squares solution by conjugate gradient.
 - `problem_inputs`: both for a batch of a `tasks.Problem` (eval, tune).
@@ -84,7 +85,7 @@ def classical(op, y: torch.Tensor, cg_iters: int = 10) -> torch.Tensor:
     from ..physics.mar import MarOperator
     if isinstance(op, MarOperator):
         from ..baselines import get_baseline
-        return get_baseline("li")(op, y).x
+        return get_baseline("nmar")(op, y).x
     if callable(getattr(op, "fbp", None)):
         return op.fbp(y)
     if op.has_decomposition:
