@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as TF
 
 from scoreinv.cli import main
-from scoreinv.data import build_dataset, fetch, realdata
+from scoreinv.data import build_dataset, debfile, fetch, realdata
 from scoreinv.data.readers import read_volume
 from scoreinv.errors import ScoreinvError
 
@@ -402,14 +402,14 @@ def test_deb_member_with_and_without_dpkg(tmp_path, monkeypatch, build, reader):
     inv = F.inv3_bytes(F.volume("Cranium")[:3])
     deb = F.write_deb(tmp_path / "p.deb", tmp_path / "root", inv, use_dpkg=build == "dpkg-deb")
     if reader == "ar":
-        monkeypatch.setattr(fetch.shutil, "which", lambda n: None)
+        monkeypatch.setattr(debfile.shutil, "which", lambda n: None)
     member = fetch.FILES["Cranium"].member
-    assert fetch.deb_member(deb, member, tmp_path / "out.inv3")
+    assert debfile.deb_member(deb, member, tmp_path / "out.inv3")
     assert (tmp_path / "out.inv3").read_bytes() == inv
-    assert not fetch.deb_member(deb, "usr/share/doc/absent", tmp_path / "none")
+    assert not debfile.deb_member(deb, "usr/share/doc/absent", tmp_path / "none")
     (tmp_path / "junk.deb").write_bytes(b"not a package at all")
     with pytest.raises(ScoreinvError, match=r"junk\.deb"):
-        fetch.deb_member(tmp_path / "junk.deb", member, tmp_path / "x")
+        debfile.deb_member(tmp_path / "junk.deb", member, tmp_path / "x")
 
 
 def test_inv3_reader_restores_rows_and_checks_the_project(tmp_path):

@@ -13,7 +13,7 @@ Sources (docs/data.md):
   invesalius-examples`. File: usr/share/doc/invesalius-examples/examples/Cranium.inv3 (head CT).
   The member is read from the package's data archive with `dpkg-deb --fsys-tarfile` when
   dpkg-deb is installed; without it (e.g. on a machine where the .deb was copied for --from) a
-  small reader of the .deb layout is used (`deb_member`).
+  small reader of the .deb layout is used (`debfile.deb_member`).
 
 Cache: `cache_dir()`, i.e. $SCOREINV_DATA if set, else ~/.cache/scoreinv/data, one folder per
 package. Only the image files are kept. Every file is checked against the SHA-256 and size in
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import shutil
 import subprocess
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ScoreinvError
+from .debfile import deb_member
 
 ENV = "SCOREINV_DATA"
 
@@ -150,77 +150,7 @@ def check_read(name: str, key: str, path: Path) -> None:
         raise ScoreinvError(f"{name}: {e}; run `scoreinv data fetch {name} --overwrite`") from None
 
 
-# --- the .deb layout ------------------------------------------------------------------------
-def deb_member(deb: Path, member: str, dest: Path) -> bool:
-    """Copy file `member` of the data archive of Debian package `deb` to `dest`; False if absent.
-
-    A .deb is an `ar` archive ("!<arch>\\n", then per member a 60-byte header: name 16, mtime 12,
-    uid 6, gid 6, mode 8, size 10 (decimal), "`\\n"; data padded to an even length) holding
-    debian-binary, control.tar.* and data.tar.* (the files; gz, xz, bz2 or zst compressed).
-    With dpkg-deb installed, `dpkg-deb --fsys-tarfile` unpacks data.tar.* (any compression);
-    else this reads the ar layout and opens data.tar.* with tarfile (gz, xz, bz2; zst needs dpkg-deb).
-    Only `member` is written: the package's other files are never extracted.
-    """
-    want = member.lstrip("./")
-    if shutil.which("dpkg-deb"):
-        proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        found = False
-        try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-                found = _copy_member(tf, want, dest)
-        except tarfile.TarError as e:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            raise ScoreinvError(f"{deb}: dpkg-deb cannot unpack it ({(err or [str(e)])[-1]}); expected a Debian "
-                                "package (.deb)") from e
-        finally:
-            proc.stdout.close()
-            if found:
-                proc.kill()
-            rc = proc.wait()
-        if not found and rc != 0:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            raise ScoreinvError(f"{deb}: dpkg-deb --fsys-tarfile failed ({(err or ['exit ' + str(rc)])[-1]}); "
-                                "expected a Debian package (.deb)")
-        return found
-    with open(deb, "rb") as fh:
-        if fh.read(8) != b"!<arch>\n":
-            raise ScoreinvError(f"{deb}: not a Debian package (no ar archive header)")
-        while True:
-            head = fh.read(60)
-            if len(head) < 60:
-                raise ScoreinvError(f"{deb}: no data.tar member; expected a Debian package (.deb)")
-            if head[58:60] != b"`\n":
-                raise ScoreinvError(f"{deb}: damaged ar member header; expected a Debian package (.deb)")
-            name = head[:16].decode("ascii", errors="replace").strip().rstrip("/")
-            size = int(head[48:58].decode("ascii").strip() or 0)
-            start = fh.tell()
-            if name.startswith("data.tar"):
-                if name.endswith(".zst"):
-                    raise ScoreinvError(f"{deb}: its data are zstd-compressed; install dpkg (dpkg-deb) to unpack "
-                                        "them, or pass the extracted Cranium.inv3 with --from")
-                data = io.BytesIO(fh.read(size))             # the package's files (tens of MB at most)
-                if data.getbuffer().nbytes != size:
-                    raise ScoreinvError(f"{deb}: {name} is cut short; the package is truncated")
-                try:
-                    with tarfile.open(fileobj=data, mode="r:*") as tf:
-                        return _copy_member(tf, want, dest)
-                except tarfile.TarError as e:
-                    raise ScoreinvError(f"{deb}: cannot read {name} ({e}); the package may be truncated") from e
-            fh.seek(start + size + (size & 1))
-
-
-def _copy_member(tf: tarfile.TarFile, want: str, dest: Path) -> bool:
-    """Copy the regular file `want` (path without a leading ./) of a tar stream to dest."""
-    for m in tf:
-        if m.isfile() and m.name.lstrip("./") == want:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with tf.extractfile(m) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 22)
-            return True
-    return False
-
-
+# --- the sdist layout -------------------------------------------------------------------------
 def sdist_members(sdist: Path, keys: list[str], staging: Path) -> list[str]:
     """Extract the FILES[keys] members of a pyradiomics sdist to staging/NAME; the keys it lacks."""
     wanted = {FILES[k].member: k for k in keys}
