@@ -53,7 +53,13 @@ DESCRIPTIONS = {
 NEUTRAL = {"axis": 0, "normalize": "auto", "hu_min": HU_MIN, "hu_max": HU_MAX}
 
 
-def _check_options(kind: str, options: dict) -> None:
+def check_options(spec, options: dict) -> dict:
+    """The keyword options that the dataset `spec` (a built-in name, else a folder or file path,
+    which need not exist yet) is built with: `options` without None values and without NEUTRAL
+    options at their neutral values. Raises ScoreinvError for an option the dataset does not take
+    (OPTIONS) or a NEUTRAL one at another value."""
+    kind = spec if isinstance(spec, str) and spec in BUILTIN_DATASETS else "folder"
+    options = {k: v for k, v in options.items() if v is not None}
     for k in [k for k in options if k not in OPTIONS[kind] and k in NEUTRAL]:
         if options[k] != NEUTRAL[k]:
             raise ScoreinvError(f"option {k}={options[k]!r} does not apply to the {kind} dataset "
@@ -64,14 +70,7 @@ def _check_options(kind: str, options: dict) -> None:
     if bad:
         raise ScoreinvError(f"unknown option(s) {', '.join(bad)} for the {kind} dataset; expected some of: "
                             f"{', '.join(OPTIONS[kind])}")
-
-
-def check_options(spec, options: dict) -> None:
-    """Raise ScoreinvError unless `options` are keyword options the dataset `spec` (a built-in name,
-    else a folder or file path, which need not exist yet) accepts: those of OPTIONS, or a NEUTRAL
-    option at its neutral value."""
-    kind = spec if isinstance(spec, str) and spec in BUILTIN_DATASETS else "folder"
-    _check_options(kind, {k: v for k, v in options.items() if v is not None})
+    return options
 
 
 def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -> SliceDataset:
@@ -83,9 +82,8 @@ def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -
     volumes of `depth` slices, in order, with their (volume, slice) index), or a folder/file path.
     split: "train" | "val" | "test" | "all" ("all" for paths only).
     """
-    options = {k: v for k, v in options.items() if v is not None}
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
-        _check_options(spec, options)
+        options = check_options(spec, options)
         if spec in REAL_DATASETS:
             from .realdata import RealDataset
             return RealDataset(spec, split, image_size, seed)
@@ -104,7 +102,7 @@ def build_dataset(spec, split: str, image_size: int, seed: int = 0, **options) -
     if not Path(spec).exists():
         raise ScoreinvError(f"unknown dataset {str(spec)!r}: not a built-in ({', '.join(BUILTIN_DATASETS)}) "
                             "and no such file or folder")
-    _check_options("folder", options)
+    options = check_options(spec, options)
     from .folder import FolderDataset
     return FolderDataset(spec, split, image_size, seed, **options)
 
