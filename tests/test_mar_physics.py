@@ -124,3 +124,15 @@ def test_mar_operator_to_moves_the_wrapped_ct_operator_too():
     assert moved == ["cpu"]                      # the inner CT went along, not only the mask
     x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(op.forward(x), ct.forward(x))
+
+
+def test_a_warm_start_from_tv_is_refused_for_mar_and_names_the_flag():
+    from scoreinv.physics.mar import MarOperator, mar_ct
+    from scoreinv.sampling.inputs import warm_image
+    from scoreinv.sampling.settings import solver_config
+    ct = mar_ct(16)
+    op = MarOperator(ct, torch.ones(ct.meas_shape, dtype=torch.bool))
+    y = op.forward(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ScoreinvError, match="solver.warm_start = tv: not for MAR.*warm_start classical"):
+        warm_image(op, y, solver_config("diffpir", "mar", warm_start="tv"))
+    assert warm_image(op, y, solver_config("diffpir", "mar", warm_start="classical")).shape == (1, 1, 16, 16)

@@ -8,6 +8,7 @@ noise levels, written here from the papers' update rules (Kawar et al. 2022 Eq. 
 weights or noise) moves the mean or the variance well outside the tolerance.
 """
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,8 +17,9 @@ from test_solvers import N, DenseOperator, GaussianPrior, analytic_posterior, ma
 from scoreinv.errors import ScoreinvError
 from scoreinv.physics.mri import CartesianMRI, fft2c, ifft2c, mirror
 from scoreinv.sampling.conditioning import DiffPIRStep, Projection, dc_data
-from scoreinv.sampling.inputs import classical, measurement_sigma
-from scoreinv.sampling.settings import estimate_name
+from scoreinv.baselines import get_baseline
+from scoreinv.sampling.inputs import classical, measurement_sigma, warm_image
+from scoreinv.sampling.settings import Resolved, estimate_name
 from scoreinv.sampling.solvers import edm_times, posterior, schedule, solve, solver_config
 from scoreinv.sde import VESDE
 
@@ -248,6 +250,28 @@ def test_a_warm_start_at_small_sigma_returns_near_the_classical_input_under_a_fl
     # from noise at σ_max the same solver ends far from the start image
     cold, _ = solve(Flat(), op, y, solver_config(solver, steps=8, **kw), torch.Generator().manual_seed(1))
     assert (cold - x_c).pow(2).mean().sqrt() > 0.3
+
+
+def test_a_warm_start_from_tv_begins_at_the_tv_image_with_its_weight():
+    """warm_start tv: the start image is the tv baseline's at warm_weight (not the zero-filled one), so a
+    warm start at small σ under a flat prior ends near it; MAR is refused with the flag named."""
+    op = make_ops()["mri"]
+    g = torch.Generator().manual_seed(0)
+    truth = torch.zeros(2, 1, N, N)
+    truth[:, :, N // 4:3 * N // 4, N // 4:3 * N // 4] = 0.8       # piecewise constant: TV's home ground
+    y = op.forward(truth + 0.02 * torch.randn(truth.shape, generator=g))
+    cfg = solver_config("ddrm", steps=8, eta=0.0, warm_start="tv", warm_weight=3e-3, warm_sigma=0.02)
+    tv = get_baseline("tv")(op, y, weight=3e-3).x
+    assert torch.allclose(warm_image(op, y, cfg), tv)
+    assert (tv - truth).pow(2).mean() < 0.5 * (classical(op, y) - truth).pow(2).mean()
+    x, _ = solve(Flat(), op, y, cfg, torch.Generator().manual_seed(1))
+    assert (x - tv).pow(2).mean().sqrt() < 0.03 < (x - classical(op, y)).pow(2).mean().sqrt()
+    # the weight matters: a far larger one gives another start image
+    assert (warm_image(op, y, replace(cfg, warm_weight=0.1)) - tv).abs().max() > 0.05
+    assert warm_image(op, y, replace(cfg, warm_start="none")) is None
+    assert "warm start tv (weight 0.003) at σ 0.02" in Resolved(cfg, {}).describe()
+    with pytest.raises(ScoreinvError, match="warm_weight"):
+        solver_config("ddrm", warm_start="tv", warm_weight=-1.0)
 
 
 def test_schedules_of_the_warm_start_and_sigma_end():

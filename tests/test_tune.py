@@ -42,11 +42,16 @@ def test_search_space_bounds():
                                                                       "eta": (0.0, 1.0, False)}
     # ddrm and diffpir also search the factor on their fresh noise, and σ_w when they warm-start
     assert T.search_space("ddrm", "mri", solver_config("ddrm", "mri")) == {
-        "eta": (0.0, 1.0, False), "eta_b": (0.0, 1.0, False), "noise_scale": (0.05, 1.0, False)}
+        "eta": (0.0, 1.0, False), "eta_b": (0.0, 1.0, False), "noise_scale": (0.01, 1.0, False)}
     warm = solver_config("diffpir", "ct", warm_start="classical")
     assert T.search_space("diffpir", "ct", warm) == {
-        "hqs_lambda": (0.1, 100.0, True), "hqs_zeta": (0.0, 1.0, False), "noise_scale": (0.05, 1.0, False),
-        "warm_sigma": (0.2, 10.0, True)}
+        "hqs_lambda": (0.1, 100.0, True), "hqs_zeta": (0.0, 1.0, False), "noise_scale": (0.01, 1.0, False),
+        "warm_sigma": (0.05, 10.0, True)}
+    # a warm start from TV also searches the TV weight
+    tv = solver_config("ddrm", "mri", warm_start="tv")
+    assert T.search_space("ddrm", "mri", tv) == {
+        "eta": (0.0, 1.0, False), "eta_b": (0.0, 1.0, False), "noise_scale": (0.01, 1.0, False),
+        "warm_sigma": (0.05, 10.0, True), "warm_weight": (1e-5, 1e-1, True)}
 
 
 def test_search_space_bound_overrides():

@@ -19,9 +19,9 @@ projection by CG) or on its Fourier-slice conversion (`"fourier"`, exact A = P(�
 conversion is `fourier_from_parallel`); the default is `tasks.DEFAULT_CT_OPERATOR`.
 
 The solvers get the measurement noise level from the file's noise record (`sampling.inputs.
-measurement_sigma`; ddrm and diffpir use it) and, when they warm-start, the classical
-reconstruction of the file's own data (`sampling.inputs.classical`: FBP of a CT sinogram, LI for
-MAR, the zero-filled image of the completed k-space for MRI). What the output is (one sample,
+measurement_sigma`; ddrm and diffpir use it) and, when they warm-start, the image it begins from,
+made from the file's own data (`sampling.inputs.warm_image`: `classical` is FBP of a CT sinogram,
+NMAR for MAR, the zero-filled image of the completed k-space for MRI; `tv` the TV reconstruction). What the output is (one sample,
 the mean of K, a Tweedie estimate at σ_end) is named by `settings.estimate_name` (docs/design.md §2.11).
 
 Volumes (`coupling: ztv`, `--coupling ztv`; docs/design.md §9.2): the selected slices are solved
@@ -55,7 +55,7 @@ from .physics.fourier_slice import fourier_from_parallel
 from .physics.measurements import PER_SLICE_ARRAYS, Measurements, load_measurements
 from .runinfo import environment
 from .sampling import solvers
-from .sampling.inputs import classical, measurement_sigma
+from .sampling.inputs import measurement_sigma, warm_image
 from .sampling.settings import (COUPLINGS, REFERENCE_KEYWORD, SOLVERS, Preset, Resolved, check_applies, check_coupling,
                                 check_targets, estimate_name, noisy_record, open_preset, resolve, shipped_model)
 from .score import check_model_size, load_score_model, resolve_checkpoint
@@ -356,8 +356,7 @@ def solver_inputs(p: Plan, sl: slice) -> dict:
     fy = p.meas.y[sl].to(p.device)
     sig = measurement_sigma(p.meas.noise, p.meas.task, slice_operator(p.solve_op, sl), fop, fy,
                             index=p.slices[sl])
-    x_init = classical(fop, fy, p.cfg.cg_iters) if p.cfg.warm_start == "classical" else None
-    return {"sigma_y": sig, "x_init": x_init}
+    return {"sigma_y": sig, "x_init": warm_image(fop, fy, p.cfg)}
 
 
 def guard(p: Plan, sl: slice, mean: torch.Tensor) -> list:

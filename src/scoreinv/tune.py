@@ -6,9 +6,11 @@ expected improvement; the first `startup_trials` points are uniform random):
 - likelihood solvers (baseline, langevin): (snr, r), r ∈ [0.1, 20] on a log scale;
 - dds: (λ, eta), eta ∈ [0, 1]; dps: zeta ∈ [0.01, 10] (log);
 - ddrm: (eta, eta_b) ∈ [0, 1]²; diffpir: hqs_lambda ∈ [0.1, 100] (log), hqs_zeta ∈ [0, 1]; both also
-  noise_scale ∈ [0.05, 1], the factor on each step's fresh noise (docs/solver_factors.md: the
+  noise_scale ∈ [0.01, 1], the factor on each step's fresh noise (docs/solver_factors.md: the
   largest single factor of the reference-to-tuned gain, and one that depends on image size and noise);
-- with a warm start (warm_start: classical among the fixed settings), also warm_sigma ∈ [0.2, 10] (log);
+- with a warm start (warm_start: classical or tv among the fixed settings), also warm_sigma ∈ [0.05, 10]
+  (log), and with warm_start tv the TV weight warm_weight ∈ [1e-5, 0.1] (log)
+  (the tuned ct256 preset starts at σ_w 0.16 from TV at weight 5e-5: both inside);
 with snr ∈ [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI. snr is not searched when the solver
 runs no corrector (the MAR projection preset is predictor-only). The objective is the mean of a
 metric (SSIM by default) over validation images, with the same random seeds in every trial
@@ -55,7 +57,7 @@ from .sampling.solvers import check_run, sigma_of, solve
 from .tasks import Problem, slice_operator
 
 SNR_BOUNDS = {"ct": (0.0, 0.4), "mar": (0.0, 0.4), "mri": (0.2, 0.8)}
-NOISE_SCALE = {"noise_scale": (0.05, 1.0, False)}     # ddrm, diffpir (module docstring)
+NOISE_SCALE = {"noise_scale": (0.01, 1.0, False)}     # ddrm, diffpir (module docstring)
 HEARTBEAT_S, GRACE_S = 60, 120
 
 
@@ -89,8 +91,12 @@ def search_space(solver: str, task: str, base: SolverConfig,
 
 
 def warm_space(base: SolverConfig) -> dict:
-    """warm_sigma's range when the fixed settings warm-start, else nothing."""
-    return {"warm_sigma": (0.2, 10.0, True)} if base.warm_start != "none" else {}
+    """warm_sigma's range when the fixed settings warm-start (and warm_weight's, the TV weight, when they
+    start from TV), else nothing."""
+    if base.warm_start == "none":
+        return {}
+    weight = {"warm_weight": (1e-5, 1e-1, True)} if base.warm_start == "tv" else {}
+    return {"warm_sigma": (0.05, 10.0, True), **weight}
 
 
 def _default_space(solver: str, task: str, base: SolverConfig) -> dict[str, tuple[float, float, bool]]:

@@ -22,8 +22,9 @@ score-based prior and one of the solvers, and write the result.
 Solvers: baseline (Score SDE), langevin (annealed Langevin), langevin_projection, projection
 (the paper's method), dds (fast, ~50 steps), dps, ddrm (DDRM; MRI and Fourier-slice CT) and
 diffpir (DiffPIR), both ~50 steps and aware of the noise level in the file's noise record. Every
-solver can start from the classical reconstruction (FBP, LI or zero-filled) at a chosen noise
-level (--set solver.warm_start=classical --set solver.warm_sigma=2; same NFE) and can return the
+solver can start from the classical reconstruction (FBP, NMAR or zero-filled) at a chosen noise
+level (--set solver.warm_start=classical --set solver.warm_sigma=2; same NFE), or from the TV image
+(--set solver.warm_start=tv --set solver.warm_weight=1e-3; CT and MRI), and can return the
 Tweedie estimate at a larger final noise level (--set solver.sigma_end=0.2), a partial posterior
 mean; the output line says which estimate was written. Settings, later ones win (as in eval and
 tune): the task's reference preset (the paper's values), the tuned preset (--preset FILE written

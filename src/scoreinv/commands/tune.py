@@ -25,7 +25,8 @@ then pass the preset to eval or reconstruct: --preset tune/ct23-projection.yaml.
 Searches (optuna GPSampler: Gaussian-process Bayesian optimisation after --startup-trials random
 points) over (snr, lambda) for projection / langevin_projection, (snr, r) for baseline /
 langevin, (lambda, eta) for dds, zeta for dps, (eta, eta_b, noise_scale) for ddrm, (hqs_lambda, hqs_zeta,
-noise_scale) for diffpir (noise_scale in [0.05, 1]), plus warm_sigma when the fixed settings warm-start (--set solver.warm_start=classical);
+noise_scale) for diffpir (noise_scale in [0.01, 1]), plus warm_sigma when the fixed settings warm-start (--set solver.warm_start=classical, or =tv: then also the TV
+weight warm_weight in [1e-5, 0.1]);
 snr in [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI, lambda in [0, 1], r in [0.1, 20] (as the
 paper; --bound replaces one). Objective: mean --metric over
 --num-images images of --split (val by default; the test split is refused).
@@ -61,8 +62,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "postgresql+psycopg2://user:password@host/db to share a study across machines")
     p.add_argument("--study-name", help="study name (default: TASK-SOLVER-SETTING, e.g. ct-projection-v23-n0-radon)")
     p.add_argument("--num-images", type=int, default=4, help="validation images in the objective (default 4)")
+    variants = ", ".join(m for m in METRICS if m not in LOWER_IS_BETTER and m not in ("ssim", "psnr"))
     p.add_argument("--metric", default="ssim", help="objective: ssim (default) or psnr, or a variant: "
-                   "ssim_circle, psnr_circle, ssim_hist, psnr_hist, ssim_mar, psnr_mar (MAR)")
+                   f"{variants} (the *_hu ones: CT in the HU window [-1000, 1000]; the *_mar ones: MAR, "
+                   "metal pixels left out)")
     p.add_argument("--steps", type=int, help="noise levels of the solver while tuning (default: the preset's; "
                    "stored in the preset)")
     p.add_argument("--preset", metavar="FILE", help="start from this preset's fixed parameters (e.g. steps, "

@@ -15,6 +15,11 @@
   30.3 dB on a lung2 slice at 256) for MAR, the zero-filled image of the conjugate-completed data for
   operators with the decomposition (MRI; the direct Fourier reconstruction of Fourier-slice CT),
   else the minimum-norm least-squares solution by conjugate gradient.
+- `warm_image`: the image a warm start begins from: `classical` above (`warm_start: classical`), or
+  the TV reconstruction (`warm_start: tv`; CS-TV for MRI: the `tv` baseline, PDHG, box [0, 1] for real
+  images, weight `warm_weight` relative to ‖A‖²), the stronger classical image where views or
+  k-space are sparse (FBP at 10 views is 11 dB below TV on lung2); MAR keeps NMAR (TV would have
+  to know the metal trace).
 - `problem_inputs`: both for a batch of a `tasks.Problem` (eval, tune).
 """
 from __future__ import annotations
@@ -94,20 +99,31 @@ def classical(op, y: torch.Tensor, cg_iters: int = 10) -> torch.Tensor:
     return op.lstsq(y, x0, 0.0, iters=max(cg_iters, 1))
 
 
+def warm_image(op, y: torch.Tensor, cfg) -> torch.Tensor | None:
+    """The image (B, 1, H, W) a warm start of `cfg` begins from, None without one (module docstring)."""
+    if cfg.warm_start == "none":
+        return None
+    if cfg.warm_start == "classical":
+        return classical(op, y, cfg.cg_iters)
+    from ..physics.mar import MarOperator
+    if isinstance(op, MarOperator):
+        raise ScoreinvError(f"solver.warm_start = {cfg.warm_start}: not for MAR (TV would fit the metal trace); "
+                            "use warm_start classical, which begins from NMAR")
+    from ..baselines import get_baseline
+    return get_baseline("tv")(op, y, weight=cfg.warm_weight).x
+
+
 def problem_inputs(problem, cfg, sl: slice | None = None) -> dict:
     """{'sigma_y': (B,), 'x_init': (B, 1, H, W) or None} for images `sl` of a tasks.Problem: the noise
     level of what the score solvers see, and the classical reconstruction (from the data the
-    baselines see) when `cfg` warm-starts; on the CPU, as the problem."""
+    baselines see, `warm_image`) when `cfg` warm-starts; on the CPU, as the problem."""
     from ..tasks import slice_operator
     sl = sl if sl is not None else slice(0, problem.y.shape[0])
     idx = range(problem.y.shape[0])[sl]
     bop = slice_operator(problem.baseline_op, sl)
     by = problem.baseline_y[sl]
     sig = measurement_sigma(problem.noise, problem.task, slice_operator(problem.op, sl), bop, by, index=idx)
-    x_init = None
-    if cfg.warm_start == "classical":
-        x_init = classical(bop, by, cfg.cg_iters)
-    return {"sigma_y": sig, "x_init": x_init}
+    return {"sigma_y": sig, "x_init": warm_image(bop, by, cfg)}
 
 
 def check_noise_level(sigma_y: torch.Tensor) -> torch.Tensor:
@@ -118,4 +134,4 @@ def check_noise_level(sigma_y: torch.Tensor) -> torch.Tensor:
     return s
 
 
-__all__ = ["measurement_sigma", "classical", "problem_inputs", "check_noise_level"]
+__all__ = ["measurement_sigma", "classical", "warm_image", "problem_inputs", "check_noise_level"]

@@ -39,7 +39,7 @@ from ..score import shipped_models
 from ..tasks import TASKS
 
 SOLVERS = ("baseline", "langevin", "langevin_projection", "projection", "dds", "dps", "ddrm", "diffpir")
-WARM_STARTS = ("none", "classical")
+WARM_STARTS = ("none", "classical", "tv")
 COUPLINGS = ("none", "ztv")
 COUPLED_SOLVERS = ("projection", "langevin_projection", "dds", "diffpir")   # a data-consistency step to couple
 REFERENCE_KEYWORD = "reference"      # --preset reference: the reference preset, no tuned one
@@ -69,8 +69,9 @@ class SolverConfig:
     hqs_zeta: float = 0.3         # diffpir: ζ, share of fresh noise in the re-noising
     sigma_floor: float = 1e-3     # diffpir: σ_n floor (x ‖A‖) for noise-free data
     noise_scale: float = 1.0      # ddrm, diffpir: factor on the noise of each step (1 = the papers)
-    warm_start: str = "none"      # none | classical: start at warm_sigma from the classical reconstruction
+    warm_start: str = "none"      # none | classical | tv: start at warm_sigma from that reconstruction
     warm_sigma: float = 2.0       # σ the warm start begins at (image units)
+    warm_weight: float = 1e-3     # warm_start tv: the TV weight (relative to ‖A‖², as the tv baseline)
     sigma_end: float = 0.0        # > 0: end the schedule at σ_end; its Tweedie estimate is the output
     coupling: str = "none"        # none | ztv: z-TV across the slices of a volume in every data-consistency step
     ztv_lambda: float = 0.01      # λ_z of the z-TV term (image units, against ½‖x − x̂‖²; docs/design.md §9.1)
@@ -95,10 +96,11 @@ PARAMS = {"steps": (int, 1, None), "snr": (float, 0.0, None), "lam": (float, 0.0
           "zeta": (float, 0.0, None), "cg_iters": (int, 1, None), "final_projection": (bool, None, None),
           "eta_b": (float, 0.0, 1.0), "hqs_lambda": (float, 0.0, None), "hqs_zeta": (float, 0.0, 1.0),
           "sigma_floor": (float, 0.0, None), "noise_scale": (float, 0.0, 1.0),
-          "warm_start": (str, WARM_STARTS, None), "warm_sigma": (float, 1e-6, None), "sigma_end": (float, 0.0, None),
+          "warm_start": (str, WARM_STARTS, None), "warm_sigma": (float, 1e-6, None),
+          "warm_weight": (float, 1e-12, None), "sigma_end": (float, 0.0, None),
           "coupling": (str, COUPLINGS, None), "ztv_lambda": (float, 0.0, None), "admm_iters": (int, 1, None),
           "admm_rho": (float, 1e-6, None)}
-_COMMON = ("steps", "cg_iters", "final_projection", "warm_start", "warm_sigma", "sigma_end")
+_COMMON = ("steps", "cg_iters", "final_projection", "warm_start", "warm_sigma", "warm_weight", "sigma_end")
 _COUPLING = ("coupling", "ztv_lambda", "admm_iters", "admm_rho")     # the solvers of COUPLED_SOLVERS
 USES = {"projection": _COMMON + ("snr", "lam", "corrector_steps", "predictor", "corrector", "order") + _COUPLING,
         "langevin_projection": _COMMON + ("snr", "lam", "corrector_steps", "order") + _COUPLING,
@@ -200,7 +202,7 @@ def check_coupling(solver: str, coupling: str, flag: str = "--coupling") -> str:
 # them out at their default value (off: no warm start, no σ_end; the new solvers' parameters), so
 # a record made before they existed still matches (`record`).
 LATER_FIELDS = ("eta_b", "hqs_lambda", "hqs_zeta", "sigma_floor", "noise_scale", "warm_start", "warm_sigma",
-                "sigma_end", "coupling", "ztv_lambda", "admm_iters", "admm_rho")
+                "warm_weight", "sigma_end", "coupling", "ztv_lambda", "admm_iters", "admm_rho")
 
 
 def record(params: dict) -> dict:
@@ -391,7 +393,8 @@ class Resolved:
                              "hqs_zeta") if k in USES[c.name]]
         vals = ", ".join(f"{k} {getattr(c, k):g}" for k in knobs)
         if c.warm_start != "none":
-            vals += f", warm start {c.warm_start} at σ {c.warm_sigma:g}"
+            how = f"tv (weight {c.warm_weight:g})" if c.warm_start == "tv" else c.warm_start
+            vals += f", warm start {how} at σ {c.warm_sigma:g}"
         if c.sigma_end > 0:
             vals += f", σ_end {c.sigma_end:g}"
         if c.noise_scale != 1.0 and "noise_scale" in USES[c.name]:

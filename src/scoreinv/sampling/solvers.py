@@ -14,8 +14,8 @@ to σ = 0) and a hard (λ = 1) projection with y (`final_projection`; whether it
 data is decided in `settings`, with the solver table, the reference presets and the precedence
 of tuned presets, --steps and --set).
 
-Every solver can start warm (`warm_start: classical`, SDEdit-style; docs/design.md §2.11): from
-x = x_classical + σ_w z at σ_w = `warm_sigma`, running its `steps` levels over [σ_w, σ_min]
+Every solver can start warm (`warm_start: classical` or `tv`, SDEdit-style; docs/design.md §2.11):
+from x = x_classical + σ_w z at σ_w = `warm_sigma`, running its `steps` levels over [σ_w, σ_min]
 instead of [σ_max, σ_min] (the same NFE, denser levels), and can end early (`sigma_end`: the
 schedule stops at σ_end and the output is the Tweedie estimate there, a partial posterior mean).
 
@@ -35,7 +35,7 @@ from ..errors import ScoreinvError, check_images, check_int
 from ..sde import VESDE
 from .conditioning import DDRMStep, DiffPIRStep, DPSScore, LikelihoodScore, Projection, require_decomposition
 from .coupling import ZTVCoupling, volume_labels
-from .inputs import check_noise_level, classical
+from .inputs import check_noise_level, warm_image
 from .loop import pc_loop
 from .settings import SOLVERS, SolverConfig, estimate_name, solver_config, validate  # noqa: F401  (the solver table lives there)
 
@@ -185,8 +185,8 @@ def solve(model, op, y: torch.Tensor, cfg: SolverConfig, generator: torch.Genera
     """One posterior sample per measurement: y (B, *meas_shape) -> (x (B, 1, H, W), NFE per sample).
 
     sigma_y: the measurement noise std (float or (B,), units of y; `inputs.measurement_sigma`),
-    used by ddrm and diffpir (default 0: noise-free); x_init: (B, 1, H, W) the classical
-    reconstruction a warm start begins from (default `inputs.classical(op, y)`); volume: (B,)
+    used by ddrm and diffpir (default 0: noise-free); x_init: (B, 1, H, W) the image a warm start
+    begins from (default `inputs.warm_image(op, y, cfg)`); volume: (B,)
     integer labels of the volume each slice belongs to, slices in order (default: one volume; used
     by `coupling: ztv`); network_batch: at most this many images per network call (default all)."""
     check_run(cfg, op, model.sde)
@@ -202,8 +202,8 @@ def solve(model, op, y: torch.Tensor, cfg: SolverConfig, generator: torch.Genera
     sy = check_noise_level(0.0 if sigma_y is None else sigma_y)
     if sy.numel() not in (1, b):
         raise ScoreinvError(f"measurement noise level: {sy.numel()} values for {b} measurements")
-    if cfg.warm_start == "classical":
-        x_init = classical(op, y, cfg.cg_iters) if x_init is None else \
+    if cfg.warm_start != "none":
+        x_init = warm_image(op, y, cfg) if x_init is None else \
             check_images("warm-start image", x_init, size=op.image_shape, channels=1)
         if x_init.shape[0] != b:
             raise ScoreinvError(f"warm-start image: {x_init.shape[0]} images for {b} measurements")
