@@ -58,6 +58,7 @@ from .tasks import Problem, slice_operator
 
 SNR_BOUNDS = {"ct": (0.0, 0.4), "mar": (0.0, 0.4), "mri": (0.2, 0.8)}
 NOISE_SCALE = {"noise_scale": (0.01, 1.0, False)}     # ddrm, diffpir (module docstring)
+OBJECTIVES = tuple(m for m in METRICS if m not in LOWER_IS_BETTER)   # the metrics a study can maximise
 HEARTBEAT_S, GRACE_S = 60, 120
 
 
@@ -210,7 +211,7 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
     Returns {best_value, best_params, n_complete, preset}.
     """
     task = problem.task
-    check_choice("metric", metric, [m for m in METRICS if m not in LOWER_IS_BETTER])
+    check_choice("metric", metric, OBJECTIVES)
     if metric in NEEDS_METAL_MASK and task != "mar":
         raise ScoreinvError(f"metric {metric!r} needs a metal mask; it applies to task mar only")
     check_int("--trials", trials)

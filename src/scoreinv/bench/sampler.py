@@ -13,6 +13,7 @@ A patch prior (`model.patch_size`) runs whole images by tiling, as in `reconstru
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
@@ -56,7 +57,7 @@ def run(batch: int = 8, steps: int = 20, checkpoint: str | None = None, solver: 
     from .. import config as C
     from ..errors import check_choice, check_int
     from ..sampling.settings import SOLVERS, resolve
-    from ..sampling.solvers import SolverConfig, solve, solver_config
+    from ..sampling.solvers import solve, solver_config
     from ..score import build_model, load_score_model
 
     check_choice("--solver", solver, SOLVERS)
@@ -86,10 +87,9 @@ def run(batch: int = 8, steps: int = 20, checkpoint: str | None = None, solver: 
         # the shipped preset of `solver` for this model where there is one, at `steps` levels, with its
         # warm start: the start image (FBP, zero-filled, NMAR or TV) is made inside the timed solve, so
         # its seconds count as time outside the network
-        params = resolve(task, solver, model=checkpoint, steps=steps).cfg.__dict__ if checkpoint else \
-            solver_config(solver, task, steps=steps).__dict__
-        cfg_s = SolverConfig(**params)
-        warmup = SolverConfig(**{**cfg_s.__dict__, "steps": 2})
+        cfg_s = resolve(task, solver, model=checkpoint, steps=steps).cfg if checkpoint else \
+            solver_config(solver, task, steps=steps)
+        warmup = replace(cfg_s, steps=2)
         timings = {}
         for name, m in (("free", _Free(model.sde)), ("real", model)):
             solve(m, op, y, warmup, torch.Generator().manual_seed(0))  # warm-up

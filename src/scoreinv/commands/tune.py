@@ -8,11 +8,10 @@ import torch
 from ..data.base import derive_seed
 from ..errors import ScoreinvError, check_choice, check_int
 from ..evaluate import load_images
-from ..metrics import LOWER_IS_BETTER, METRICS
 from ..sampling.settings import REFERENCE_KEYWORD, SOLVERS, noisy_level, parse_sets
 from ..score import resolve_checkpoint
 from ..tasks import build_problem
-from ..tune import base_settings, check_preset_output, search_space, tune
+from ..tune import OBJECTIVES, base_settings, check_preset_output, search_space, tune
 from .eval import add_task_arguments, data_id, load_model, load_split, task_options_from_args
 
 HELP = """Tune a score solver's hyperparameters on VALIDATION images by Bayesian optimisation.
@@ -62,7 +61,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "postgresql+psycopg2://user:password@host/db to share a study across machines")
     p.add_argument("--study-name", help="study name (default: TASK-SOLVER-SETTING, e.g. ct-projection-v23-n0-radon)")
     p.add_argument("--num-images", type=int, default=4, help="validation images in the objective (default 4)")
-    variants = ", ".join(m for m in METRICS if m not in LOWER_IS_BETTER and m not in ("ssim", "psnr"))
+    variants = ", ".join(m for m in OBJECTIVES if m not in ("ssim", "psnr"))
     p.add_argument("--metric", default="ssim", help="objective: ssim (default) or psnr, or a variant: "
                    f"{variants} (the *_hu ones: CT in the HU window [-1000, 1000]; the *_mar ones: MAR, "
                    "metal pixels left out)")
@@ -92,7 +91,7 @@ def run(args) -> int:
                             "that are then evaluated on them; tune on val (default) or train")
     check_choice("--split", args.split, ("val", "train"))
     check_choice("--solver", args.solver, SOLVERS)
-    check_choice("--metric", args.metric, [m for m in METRICS if m not in LOWER_IS_BETTER])
+    check_choice("--metric", args.metric, OBJECTIVES)
     check_int("--num-images", args.num_images)
     check_int("--trials", args.trials)
     check_int("--startup-trials", args.startup_trials)
