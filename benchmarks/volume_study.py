@@ -12,14 +12,16 @@ ct-real` first), or phantom3d (one procedural volume of the test split, --depth 
 voxels); --slices all (default) or START:STOP, a contiguous slab. The slab is simulated once as eval
 simulates (`tasks.build_problem`: the sinogram of a 4x finer grid, no inverse crime; --noise photons per
 ray, 0 = noise-free) into OUT/measurements.npz. The score solver reads that file through the machinery
-of `scoreinv reconstruct` (`reconstruct.plan`/`run`, coupling none and ztv, λ_z --ztv-lambda or the
-solver's default); the classical methods get its sinogram and operator.
+of `scoreinv reconstruct` (`reconstruct.plan`/`run`, coupling none and ztv); the classical methods get
+its sinogram and operator.
 
 TV weights are chosen on VALIDATION data, never on the test volume (`baselines.choose_weight`, PSNR over
 the default grid): a validation volume of the same kind simulated the same way (lung2: lung1's
 validation slab 20-27 of ct-real, a chest at 5 mm; phantom3d: a volume of the validation split), 2-D TV
-slice by slice and tv3d on the volume with z_weight = in-plane pixel / slice spacing (tv.py); they are
-kept in OUT/weights.json.
+slice by slice and tv3d on the volume with z_weight = in-plane pixel / slice spacing (tv.py). So is the
+λ_z of the ztv run unless --ztv-lambda fixes it: the score solver with z-TV on the validation volume at
+λ_z = c · pixel / spacing for c in ZTV_GRID and at 0 (no coupling), best mean PSNR-HU over the three
+planes (choose_lambda_z). All are kept in OUT/weights.json.
 
 Resumable per method: each result is OUT/METHOD.npy (METHOD: fbp, tv, tv3d, none, ztv; float32 (S, H, W),
 [0, 1] scale) with OUT/METHOD.json (seconds, settings), and a method whose .npy exists is not run again
@@ -42,7 +44,7 @@ from scoreinv import atomic, reconstruct
 from scoreinv.baselines import choose_weight, get_baseline
 from scoreinv.data.phantom3d import Phantom3D
 from scoreinv.data.realdata import RealDataset
-from scoreinv.errors import ScoreinvError, check_int
+from scoreinv.errors import ScoreinvError, check_int, run_script
 from scoreinv.imaging import save_figure
 from scoreinv.metrics import hu_window, reformat, volume_metrics
 from scoreinv.physics.measurements import load_measurements, save_measurements
@@ -55,6 +57,7 @@ METHODS = ("fbp", "tv", "tv3d", "none", "ztv")
 LABELS = {"fbp": "FBP", "tv": "TV (2-D, per slice)", "tv3d": "TV3D", "none": "{s}", "ztv": "{s} + z-TV"}
 FIGURE = ("truth", "fbp", "tv3d", "none", "ztv")
 LUNG2, LUNG1_VAL = "lung2", "lung1"
+ZTV_GRID = (0.001, 0.003, 0.01, 0.03)   # λ_z / β of the validation choice (choose_lambda_z)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -116,26 +119,67 @@ def save(out: Path, name: str, x: torch.Tensor, rec: dict) -> None:
 
 
 def weights(out: Path, args, vols) -> dict:
-    """TV and TV3D weights on the validation volume (module docstring), cached in weights.json."""
+    """TV and TV3D weights and the z-TV λ_z on the validation volume (module docstring), cached in weights.json."""
     path = out / "weights.json"
     known = json.loads(path.read_text()) if path.exists() else {}
     v, vpx, vdz, what = vols["val"]
     prob = None
-    for name in ("tv", "tv3d"):
-        if name in known or name not in args.methods:
-            continue
+
+    def problem():
+        nonlocal prob
         if prob is None:
             prob = build_problem(v, task_options("ct", views=args.views, noise=args.noise),
                                  torch.Generator().manual_seed(args.seed + 1))
+        return prob
+
+    for name in ("tv", "tv3d"):
+        if name in known or name not in args.methods:
+            continue
         kw = {"iters": args.tv_iters} | ({"z_weight": vpx / vdz} if name == "tv3d" else {})
         t = time.perf_counter()
-        c = choose_weight(name, prob.baseline_op, prob.baseline_y, prob.x, **kw)
+        c = choose_weight(name, problem().baseline_op, problem().baseline_y, problem().x, **kw)
         known[name] = {"weight": c.weight, "grid": list(c.grid), "psnr": list(c.scores), "at_edge": c.at_edge,
                        "validation": what, **({"z_weight": kw["z_weight"]} if name == "tv3d" else {})}
         print(f"{name}: weight {c.weight:g} chosen on {what} (PSNR {max(c.scores):.2f} dB, "
               f"{time.perf_counter() - t:.0f} s){'; AT THE EDGE of the grid' if c.at_edge else ''}", flush=True)
         atomic.write_text(path, json.dumps(known, indent=2))
+    if "ztv" in args.methods and args.ztv_lambda is None and "chosen" not in known.get("ztv", {}):
+        known["ztv"] = choose_lambda_z(out, args, problem, vpx / vdz, what, known.get("ztv", {}),
+                                       lambda rec: atomic.write_text(path, json.dumps(known | {"ztv": rec}, indent=2)))
+        atomic.write_text(path, json.dumps(known, indent=2))
     return known
+
+
+def choose_lambda_z(out: Path, args, problem, beta: float, what: str, rec: dict, keep) -> dict:
+    """λ_z of the ztv run, chosen on the validation volume like the TV weights: the score solver with
+    z-TV at λ_z = c · β for c in ZTV_GRID (β = in-plane pixel / slice spacing, the voxel aspect that
+    also scales tv3d's z term; docs/design.md §9.1) and at λ_z = 0 (no coupling), scored by the mean
+    PSNR-HU of the axial, coronal and sagittal planes. Each grid point's score is kept (`keep(rec)`)
+    as soon as it is known, so an interrupted choice resumes where it stopped."""
+    grid = [0.0] + [c * beta for c in ZTV_GRID]
+    meas = out / "val_measurements.npz"
+    if not meas.exists():
+        p = problem()
+        save_measurements(meas, "ct", p.baseline_op, p.baseline_y, p.noise, ground_truth=p.x)
+    gt = load_measurements(meas).ground_truth
+    rec = {"grid": grid, "psnr_hu": rec.get("psnr_hu", {}), "beta": beta, "validation": what,
+           "score": "mean PSNR-HU of the axial, coronal and sagittal planes"}
+    for lam in grid:
+        key = f"{lam:.6g}"
+        if key in rec["psnr_hu"]:
+            continue
+        t = time.perf_counter()
+        x, _ = run_score("ztv", meas, out, args, lam=lam, name="val_ztv")
+        hu = scores(x, gt)["hu"]
+        rec["psnr_hu"][key] = sum(hu[f"psnr_{p}"] for p in ("axial", "coronal", "sagittal")) / 3
+        print(f"ztv: λ_z {lam:.4g} on {what}: mean PSNR-HU {rec['psnr_hu'][key]:.2f} dB "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)
+        keep(rec)
+    best = max(grid, key=lambda g: rec["psnr_hu"][f"{g:.6g}"])
+    rec |= {"chosen": best, "at_edge": best == grid[-1]}
+    print(f"ztv: λ_z {best:.4g} chosen on {what}" + (" (0: coupling does not help on validation)" if best == 0 else "")
+          + ("; AT THE EDGE of the grid" if rec["at_edge"] else ""), flush=True)
+    return rec
 
 
 def run_classical(name: str, meas, w: dict, beta: float, args) -> tuple[torch.Tensor, dict]:
@@ -148,9 +192,11 @@ def run_classical(name: str, meas, w: dict, beta: float, args) -> tuple[torch.Te
     return x, {"seconds": time.perf_counter() - t, **kw}
 
 
-def run_score(coupling: str, meas_path: Path, out: Path, args) -> tuple[torch.Tensor, dict]:
-    sets = {"solver": {"ztv_lambda": args.ztv_lambda}} if coupling == "ztv" and args.ztv_lambda is not None else {}
-    tmp = out / f"{coupling}.partial.npy"
+def run_score(coupling: str, meas_path: Path, out: Path, args, lam: float | None = None,
+              name: str | None = None) -> tuple[torch.Tensor, dict]:
+    """The score solver on the volume of `meas_path` through `reconstruct.plan`/`run`; ztv at λ_z `lam`."""
+    sets = {"solver": {"ztv_lambda": lam}} if coupling == "ztv" and lam is not None else {}
+    tmp = out / f"{name or coupling}.partial.npy"
     tmp.unlink(missing_ok=True)
     p = reconstruct.plan(args.checkpoint, str(meas_path), str(tmp), solver=args.solver, steps=args.steps, sets=sets,
                          batch_size=args.batch_size, seed=args.seed, device=args.device, coupling=coupling)
@@ -221,7 +267,8 @@ def parse(argv=None):
     p.add_argument("--checkpoint", default="ct256", help="score model (default ct256)")
     p.add_argument("--solver", default="diffpir", choices=SOLVERS, help="score solver (default diffpir)")
     p.add_argument("--steps", type=int, help="noise levels (default: the preset's)")
-    p.add_argument("--ztv-lambda", type=float, help="λ_z of the ztv run (default: the solver's)")
+    p.add_argument("--ztv-lambda", type=float, help="λ_z of the ztv run (default: chosen on the validation volume "
+                   "from λ_z = c · pixel/spacing, c in " + ", ".join(f"{c:g}" for c in ZTV_GRID) + ", and 0)")
     p.add_argument("--batch-size", type=int, default=8, help="images per network call (default 8)")
     p.add_argument("--tv-iters", type=int, default=300, help="PDHG iterations of tv and tv3d (default 300)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default {','.join(METHODS)})")
@@ -277,7 +324,8 @@ def main(argv=None) -> int:
         done = load(out, name)
         if done is None:
             print(f"{name}: running", flush=True)
-            xr, rec = (run_score(name, meas_path, out, args) if name in ("none", "ztv")
+            lam = (args.ztv_lambda if args.ztv_lambda is not None else w["ztv"]["chosen"]) if name == "ztv" else None
+            xr, rec = (run_score(name, meas_path, out, args, lam=lam) if name in ("none", "ztv")
                        else run_classical(name, meas, w, beta, args))
             save(out, name, xr, rec)
             done = load(out, name)
@@ -301,8 +349,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ScoreinvError as e:
-        print(f"volume_study: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "volume_study")

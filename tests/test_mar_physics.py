@@ -129,10 +129,15 @@ def test_mar_operator_to_moves_the_wrapped_ct_operator_too():
 def test_a_warm_start_from_tv_is_refused_for_mar_and_names_the_flag():
     from scoreinv.physics.mar import MarOperator, mar_ct
     from scoreinv.sampling.inputs import warm_image
-    from scoreinv.sampling.settings import solver_config
+    from scoreinv.sampling.settings import resolve, solver_config
     ct = mar_ct(16)
     op = MarOperator(ct, torch.ones(ct.meas_shape, dtype=torch.bool))
     y = op.forward(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
     with pytest.raises(ScoreinvError, match="solver.warm_start = tv: not for MAR.*warm_start classical"):
-        warm_image(op, y, solver_config("diffpir", "mar", warm_start="tv"))
+        warm_image(op, y, solver_config("diffpir", warm_start="tv"))          # library use, no task: the operator
+    with pytest.raises(ScoreinvError, match="solver.warm_start = tv: not for MAR"):
+        solver_config("diffpir", "mar", warm_start="tv")
+    with pytest.raises(ScoreinvError, match="solver.warm_start = tv: not for MAR"):   # commands: before any work
+        resolve("mar", "diffpir", sets={"solver": {"warm_start": "tv"}})
+    assert resolve("ct", "diffpir", sets={"solver": {"warm_start": "tv"}}).cfg.warm_start == "tv"
     assert warm_image(op, y, solver_config("diffpir", "mar", warm_start="classical")).shape == (1, 1, 16, 16)

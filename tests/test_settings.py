@@ -140,6 +140,18 @@ def test_shipped_presets_travel_with_the_package_and_are_fast():
     assert S.shipped_preset("mri64", "ct", "projection") is None
 
 
+def test_the_documented_presets_read_as_the_task_and_solver_their_names_say():
+    """docs/presets/MODEL/TASK-SOLVER[-variant].yaml (the measured, unshipped presets the results cite
+    for --preset) each load as a preset of that task and solver with tuned parameters."""
+    from pathlib import Path
+    files = sorted((Path(__file__).resolve().parents[1] / "docs" / "presets").glob("*/*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        task, solver = f.stem.split("-")[:2]
+        p = S.load_preset(f, solver=solver, task=task)
+        assert p.params and p.params["steps"] <= 100, f
+
+
 def test_set_grammar_and_refusals():
     assert S.parse_sets(["solver.snr=0.3", "projection.λ=0.9", "tv.weight=1e-3", "solver.order=paper"]) == {
         "solver": {"snr": 0.3, "order": "paper"}, "projection": {"lam": 0.9}, "tv": {"weight": 1e-3}}

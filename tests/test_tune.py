@@ -229,3 +229,29 @@ def test_out_equal_to_the_preset_or_checkpoint_read_is_refused(ckpt, tmp_path, c
         assert main(_args(ckpt, tmp_path, 1, "--preset", str(start), "--out", str(out), "--overwrite")) == 2
         assert "is the input file" in capsys.readouterr().err
     assert start.read_text() == before and not (tmp_path / "db").exists()
+
+
+def test_pick_spread_tunes_on_images_spread_over_the_split_and_is_part_of_the_study(ckpt, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """--pick spread: the objective's images are spread evenly over the split (as eval's --pick spread),
+    and a study made with one pick refuses to resume with the other."""
+    from scoreinv.data.base import Subset, spread_indices
+    from scoreinv.data.registry import build_dataset
+    from scoreinv.evaluate import load_images
+    seen = []
+    real = T.tune
+
+    def spy(model, problem, *a, **k):
+        seen.append(problem.x.clone())
+        return real(model, problem, *a, **k)
+
+    monkeypatch.setattr("scoreinv.commands.tune.tune", spy)
+    assert main(_args(ckpt, tmp_path, 1, "--pick", "spread")) == 0
+    ds = build_dataset("phantoms", "val", 16, seed=0)
+    idx = spread_indices(2, len(ds))
+    assert idx[-1] == len(ds) - 1 and torch.equal(seen[0], load_images(Subset(ds, idx), range(2)))
+    assert not torch.equal(seen[0], load_images(ds, range(2)))
+    assert S.load_preset(tmp_path / "best.yaml").meta["pick"] == "spread"      # the preset says how it was tuned
+    capsys.readouterr()
+    assert main(_args(ckpt, tmp_path, 2)) == 2                    # the same study with the first images
+    assert "another configuration" in capsys.readouterr().err

@@ -306,3 +306,31 @@ def test_bench_volume_measures_each_coupling_in_a_fresh_process(tiny_checkpoint,
     for c in ("none", "ztv"):
         assert float(r[f"{c}_peak_rss_mib"]) >= float(r[f"{c}_setup_rss_mib"]) > 10
         assert float(r[f"{c}_seconds"]) > 0
+
+
+def test_volume_study_chooses_lambda_z_on_the_validation_volume_and_resumes(tiny_checkpoint, tmp_path, capsys):
+    """benchmarks/volume_study.py: λ_z of the ztv run is the grid point (c · pixel/spacing, and 0) with
+    the best validation score, each point scored once; the test run uses it; a rerun redoes nothing."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "volume_study.py"
+    spec = importlib.util.spec_from_file_location("volume_study", path)
+    vs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs)
+    out = tmp_path / "study"
+    argv = ["--data", "phantom3d", "--depth", "3", "--image-size", "16", "--checkpoint", str(tiny_checkpoint),
+            "--steps", "2", "--views", "6", "--methods", "fbp,ztv", "--out", str(out)]
+    assert vs.main(argv) == 0
+    rec = json.loads((out / "weights.json").read_text())["ztv"]
+    assert rec["beta"] == 1.0 and rec["grid"] == [0.0, *vs.ZTV_GRID]        # phantom3d: isotropic voxels
+    scores = [rec["psnr_hu"][f"{g:.6g}"] for g in rec["grid"]]
+    assert len(set(scores)) > 1                                             # λ_z changes the validation result
+    assert rec["chosen"] == rec["grid"][scores.index(max(scores))]
+    assert json.loads((out / "ztv.json").read_text())["ztv_lambda"] == rec["chosen"]
+    first = capsys.readouterr().out
+    assert first.count("on phantom3d validation volume (3 slices): mean PSNR-HU") == len(rec["grid"])
+    assert vs.main(argv) == 0                                               # resumed: nothing is run again
+    again = capsys.readouterr().out
+    assert "mean PSNR-HU" not in again.split("| method")[0] and "ztv: done before" in again
+    with pytest.raises(ScoreinvError, match="other settings"):
+        vs.main(argv[:-2] + ["--ztv-lambda", "0.5", "--out", str(out)])

@@ -20,6 +20,18 @@ class Diverged(ScoreinvError):
     worst value, and the study goes on."""
 
 
+def run_script(main, name: str) -> None:
+    """Exit with `main()`'s status, as the command line does: a ScoreinvError becomes one line on
+    stderr (`NAME: error: MESSAGE`) and status 2 (the benchmark scripts' `__main__`)."""
+    import sys
+    try:
+        status = main()
+    except ScoreinvError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        status = 2
+    sys.exit(status)
+
+
 def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
     """Raise if `t` holds NaN or Inf; return `t` unchanged."""
     if not torch.is_tensor(t):

@@ -269,7 +269,8 @@ def tune(model, problem: Problem, solver: str, *, trials: int, storage: str, stu
             write_preset(out, Preset(solver, task, {**keep, **best.params},
                                      {metric: float(best.value), "trials": n, "study": study_name,
                                       "setting": config.get("setting"), "data": config.get("data"),
-                                      "n_images": int(problem.x.shape[0])}))
+                                      "n_images": int(problem.x.shape[0]),
+                                      **({"pick": config["pick"]} if "pick" in config else {})}))
         return best
 
     def after_trial(study, trial):

@@ -172,7 +172,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _spread(ds, n: int, flag: str):
+def spread(ds, n: int, flag: str):
+    """n images of `ds` spread evenly over it (volumes: slices from bottom to top); `flag` names the count."""
     from ..data.base import Subset, spread_indices
     from ..errors import ScoreinvError
     check_int(flag, n)
@@ -183,7 +184,7 @@ def _spread(ds, n: int, flag: str):
 
 def _val(args, size: int):
     ds = load_split(args, "val", size)
-    return _spread(ds, min(args.val_images, len(ds)), "--val-images") if args.pick == "spread" else ds
+    return spread(ds, min(args.val_images, len(ds)), "--val-images") if args.pick == "spread" else ds
 
 
 def run(args) -> int:
@@ -200,7 +201,7 @@ def run(args) -> int:
         ds = load_split(args, args.split, size)
         did = data_id(args.data)
         if args.pick == "spread":      # the pick is part of the data's identity: a resumed run must repeat it
-            ds = _spread(ds, args.num_images, "--num-images")
+            ds = spread(ds, args.num_images, "--num-images")
             did = f"{did} [spread {args.num_images}]"
         reference = ood.model_reference(args.checkpoint, model, log=shard.say) if model is not None else None
         evaluate(args.out, opts, ds, methods, args.num_images, data_id=did, split=args.split,

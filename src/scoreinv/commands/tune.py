@@ -12,7 +12,7 @@ from ..sampling.settings import REFERENCE_KEYWORD, SOLVERS, noisy_level, parse_s
 from ..score import resolve_checkpoint
 from ..tasks import build_problem
 from ..tune import OBJECTIVES, base_settings, check_preset_output, search_space, tune
-from .eval import add_task_arguments, data_id, load_model, load_split, task_options_from_args
+from .eval import add_task_arguments, data_id, load_model, load_split, spread, task_options_from_args
 
 HELP = """Tune a score solver's hyperparameters on VALIDATION images by Bayesian optimisation.
 
@@ -28,7 +28,8 @@ noise_scale) for diffpir (noise_scale in [0.01, 1]), plus warm_sigma when the fi
 weight warm_weight in [1e-5, 0.1]);
 snr in [0, 0.4] for CT and MAR, [0.2, 0.8] for MRI, lambda in [0, 1], r in [0.1, 20] (as the
 paper; --bound replaces one). Objective: mean --metric over
---num-images images of --split (val by default; the test split is refused).
+--num-images images of --split (val by default; the test split is refused): the first ones, or with
+--pick spread ones spread evenly over the split (a split by patient then puts every patient in it).
 
 --trials is the total number of completed trials: every finished trial is stored in --storage,
 so rerunning the command after an interruption resumes the study (earlier trials kept) and a
@@ -61,6 +62,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "postgresql+psycopg2://user:password@host/db to share a study across machines")
     p.add_argument("--study-name", help="study name (default: TASK-SOLVER-SETTING, e.g. ct-projection-v23-n0-radon)")
     p.add_argument("--num-images", type=int, default=4, help="validation images in the objective (default 4)")
+    p.add_argument("--pick", choices=("first", "spread"), default="first",
+                   help="which images of the split: the first --num-images (default), or --num-images spread "
+                        "evenly over it (volumes: slices from bottom to top, so every patient of a split by "
+                        "patient is in the objective)")
     variants = ", ".join(m for m in OBJECTIVES if m not in ("ssim", "psnr"))
     p.add_argument("--metric", default="ssim", help="objective: ssim (default) or psnr, or a variant: "
                    f"{variants} (the *_hu ones: CT in the HU window [-1000, 1000]; the *_mar ones: MAR, "
@@ -111,11 +116,13 @@ def run(args) -> int:
     if args.num_images > len(ds):
         raise ScoreinvError(f"--num-images {args.num_images}: the {args.split} split of {args.data} holds only "
                             f"{len(ds)} image(s)")
+    if args.pick == "spread":
+        ds = spread(ds, args.num_images, "--num-images")
     problem = build_problem(load_images(ds, range(args.num_images)), opts,
                             torch.Generator().manual_seed(derive_seed(args.seed, "problem-tune")))
     config = {"options": opts.to_dict(), "setting": opts.setting(), "data": data_id(args.data),
               "data_seed": args.data_seed, "split": args.split, "num_images": args.num_images, "model": fingerprint,
-              "problem_seed": args.seed}
+              "problem_seed": args.seed, **({"pick": "spread"} if args.pick == "spread" else {})}
     res = tune(model, problem, args.solver, trials=args.trials, storage=args.storage, study_name=name,
                config=config, metric=args.metric, base=base, seed=args.seed, worker=args.worker,
                batch_size=args.batch_size, device=device, startup_trials=args.startup_trials, out=out,

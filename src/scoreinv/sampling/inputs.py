@@ -107,8 +107,8 @@ def warm_image(op, y: torch.Tensor, cfg) -> torch.Tensor | None:
         return classical(op, y, cfg.cg_iters)
     from ..physics.mar import MarOperator
     if isinstance(op, MarOperator):
-        raise ScoreinvError(f"solver.warm_start = {cfg.warm_start}: not for MAR (TV would fit the metal trace); "
-                            "use warm_start classical, which begins from NMAR")
+        from .settings import MAR_TV_START
+        raise ScoreinvError(MAR_TV_START)
     from ..baselines import get_baseline
     return get_baseline("tv")(op, y, weight=cfg.warm_weight).x
 

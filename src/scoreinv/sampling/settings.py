@@ -224,6 +224,19 @@ def estimate_name(c: SolverConfig | None, samples: int = 1) -> str:
     return one
 
 
+MAR_TV_START = ("solver.warm_start = tv: not for MAR (TV would fit the metal trace); use warm_start classical, "
+                "which begins from NMAR")
+
+
+def check_task(task: str | None, cfg: SolverConfig) -> SolverConfig:
+    """`cfg` if it can run on `task`: a MAR chain may not start from TV (MAR_TV_START). Called where a
+    task and its settings first meet (resolve, solver_config), so a command refuses before any work;
+    `inputs.warm_image` checks the operator too, for library callers without a task."""
+    if task == "mar" and cfg.warm_start == "tv":
+        raise ScoreinvError(MAR_TV_START)
+    return cfg
+
+
 def solver_config(name: str, task: str | None = None, **overrides) -> SolverConfig:
     """The reference preset of (task, name) (none without a task) updated by `overrides`
     (parameter names of SolverConfig; None values ignored); validated. Library use: the
@@ -231,7 +244,7 @@ def solver_config(name: str, task: str | None = None, **overrides) -> SolverConf
     check_choice("solver", name, SOLVERS)
     kw = dict(REFERENCE.get((task, name), {})) if task else {}
     kw.update(coerce({k: v for k, v in overrides.items() if v is not None}))
-    return validate(SolverConfig(name=name, **kw))
+    return check_task(task, validate(SolverConfig(name=name, **kw)))
 
 
 # --- preset files -------------------------------------------------------------------------------
@@ -445,7 +458,7 @@ def resolve(task: str, solver: str, *, preset: Preset | str | None = None, model
     for i, (label, d) in enumerate(layers):
         for k, v in d.items():
             params[k], origin[k] = v, (i, label)
-    cfg = validate(SolverConfig(name=solver, **params))
+    cfg = check_task(task, validate(SolverConfig(name=solver, **params)))
     ranked = sorted((i, k, label) for k, (i, label) in origin.items() if i > 0 and k in USES[solver])
     return Resolved(cfg, {k: label for _, k, label in ranked}, tuple(k for i, k, _ in ranked if i >= 3))
 
