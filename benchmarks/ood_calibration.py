@@ -44,6 +44,7 @@ import torch
 
 from scoreinv import ood
 from scoreinv.atomic import write_text
+from scoreinv.errors import run_script
 from scoreinv.metrics import psnr
 from scoreinv.sampling.inputs import problem_inputs
 from scoreinv.sampling.settings import noisy_level, resolve, shipped_model
@@ -300,4 +301,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main, "ood_calibration")

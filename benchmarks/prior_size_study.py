@@ -12,15 +12,18 @@ batch, so that every step sees the same number of pixels (batch x P² fixed). Va
 runs at the start and when the time is up, never in between (val.every is set past the end), so every
 variant spends the same share of its time on it.
 
-Resumable: a variant whose OUT/VARIANT/validation.jsonl already holds its closing record is not run
-again. Writes OUT/table.md (parameters, steps, windows seen, seconds per step, and the last
-validation record) and prints it.
+Every run is on the CPU (--device cpu: a per-CPU-hour study), with train.num_threads = --threads and
+no snapshots. Resumable: a variant whose OUT/VARIANT/validation.jsonl already holds its closing record
+is not run again; an unfinished one (killed mid-run) is started again from scratch, its work
+directory removed, so that every variant gets exactly --minutes. OUT/study.json holds the settings:
+a rerun into the same OUT with other settings is refused. Writes OUT/table.md (parameters, steps,
+windows seen, seconds per step, and the last validation record) and prints it.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,9 +48,11 @@ def command(args, nf: int, p: int, base_batch: int, base_patch: int) -> list[str
     batch = max(1, round(base_batch * (base_patch / p) ** 2))
     return [sys.executable, "-m", "scoreinv.cli", "train", "--config", args.config, "--workdir",
             str(Path(args.out) / f"nf{nf}_p{p}"), "--max-minutes", f"{args.minutes:g}", "--precision", "fp32",
-            "--no-progress", "--set", f"model.nf={nf}", "--set", f"model.patch_size={p}",
-            "--set", f"train.batch_size={batch}", "--set", "val.every=100000000", "--set", "train.compile=off",
-            "--set", "train.channels_last=off", "--set", "train.data_workers=0", "--seed", str(args.seed)]
+            "--device", "cpu", "--no-progress", "--seed", str(args.seed),
+            "--set", f"model.nf={nf}", "--set", f"model.patch_size={p}", "--set", f"train.batch_size={batch}",
+            "--set", f"train.num_threads={args.threads}", "--set", "train.snapshot_every=0",
+            "--set", "val.every=100000000", "--set", "train.compile=off", "--set", "train.channels_last=off",
+            "--set", "train.data_workers=0"]
 
 
 def finished(work: Path) -> dict | None:
@@ -76,24 +81,40 @@ def main(argv=None) -> int:
         raise ScoreinvError(f"--minutes {args.minutes}: expected a positive number")
     check_int("--threads", args.threads)
     check_int("--jobs", args.jobs)
+    variants = list(dict.fromkeys(variants))               # a variant named twice is one run
     cfg = load_config(args.config)
     base_batch = int(cfg.train.batch_size)
     base_patch = int(getattr(cfg.model, "patch_size", 0) or cfg.data.image_size)   # whole-image models: the image
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+    settings = {"config": args.config, "minutes": args.minutes, "threads": args.threads, "seed": args.seed}
+    study = out / "study.json"
+    if study.exists() and json.loads(study.read_text()) != settings:
+        raise ScoreinvError(f"{out}: holds a study with other settings ({study}); choose another --out")
+    atomic.write_text(study, json.dumps(settings, indent=2))
     todo = [(nf, p) for nf, p in variants if finished(out / f"nf{nf}_p{p}") is None]
-    running: list[subprocess.Popen] = []
+    running: list[tuple[str, subprocess.Popen]] = []
+    failed: list[str] = []
+
+    def reap(name: str, proc: subprocess.Popen) -> None:
+        if proc.wait() != 0:
+            failed.append(name)
+
     for nf, p in todo:
         while len(running) >= args.jobs:
-            running.pop(0).wait()
-        print(f"nf{nf}:p{p}: training {args.minutes:g} min", flush=True)
-        log = open(out / f"nf{nf}_p{p}.log", "a")
-        running.append(subprocess.Popen(command(args, nf, p, base_batch, base_patch), env=env, stdout=log,
-                                        stderr=subprocess.STDOUT))
-    bad = [r.args for r in running if r.wait() != 0]
-    if bad:
-        raise ScoreinvError(f"{len(bad)} training run(s) failed; see the .log files in {out}")
+            reap(*running.pop(0))
+        name, work = f"nf{nf}:p{p}", out / f"nf{nf}_p{p}"
+        if work.exists():
+            print(f"{name}: an unfinished run in {work}; starting it again from scratch", flush=True)
+            shutil.rmtree(work)
+        print(f"{name}: training {args.minutes:g} min", flush=True)
+        with open(out / f"nf{nf}_p{p}.log", "a") as log:
+            running.append((name, subprocess.Popen(command(args, nf, p, base_batch, base_patch), stdout=log,
+                                                   stderr=subprocess.STDOUT)))
+    for name, proc in running:
+        reap(name, proc)
+    if failed:
+        raise ScoreinvError(f"training of {', '.join(failed)} failed; see the .log files in {out}")
     lines = [f"Prior size study: `{args.config}` variants trained from scratch for {args.minutes:g} min each on "
              f"{args.threads} thread(s), {args.jobs} at once; last validation record (denoising error, lower is "
              "better; dds PSNR on the [0, 1] scale).", "",

@@ -271,4 +271,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from scoreinv.errors import run_script
+    run_script(main, "results_tables")

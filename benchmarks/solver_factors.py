@@ -273,4 +273,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from scoreinv.errors import run_script
+    run_script(main, "solver_factors")

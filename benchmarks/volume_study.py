@@ -151,10 +151,11 @@ def weights(out: Path, args, vols) -> dict:
 
 
 def choose_lambda_z(out: Path, args, problem, beta: float, what: str, rec: dict, keep) -> dict:
-    """λ_z of the ztv run, chosen on the validation volume like the TV weights: the score solver with
-    z-TV at λ_z = c · β for c in ZTV_GRID (β = in-plane pixel / slice spacing, the voxel aspect that
-    also scales tv3d's z term; docs/design.md §9.1) and at λ_z = 0 (no coupling), scored by the mean
-    PSNR-HU of the axial, coronal and sagittal planes. Each grid point's score is kept (`keep(rec)`)
+    """λ_z of (D27) for the ztv run, chosen on the validation volume as the TV weights are (but scored
+    by the mean PSNR-HU of the axial, coronal and sagittal planes, where the TV weights use PSNR on
+    [0, 1]): the score solver with z-TV at λ_z = c · β for c in ZTV_GRID (β = in-plane pixel / slice
+    spacing, the voxel aspect that also scales tv3d's z term, (D31); docs/design.md §9.5) and at
+    λ_z = 0 (no coupling). Each grid point's score is kept (`keep(rec)`)
     as soon as it is known, so an interrupted choice resumes where it stopped."""
     grid = [0.0] + [c * beta for c in ZTV_GRID]
     meas = out / "val_measurements.npz"
@@ -180,6 +181,22 @@ def choose_lambda_z(out: Path, args, problem, beta: float, what: str, rec: dict,
     print(f"ztv: λ_z {best:.4g} chosen on {what}" + (" (0: coupling does not help on validation)" if best == 0 else "")
           + ("; AT THE EDGE of the grid" if rec["at_edge"] else ""), flush=True)
     return rec
+
+
+def check_finished_ztv(out: Path, args) -> None:
+    """Refuse a finished ztv result (OUT/ztv.npy) whose λ_z is not the one this run would use: --ztv-lambda,
+    or the validation choice in weights.json (a folder from before the choice holds none: its ztv was
+    made at the solver's default)."""
+    if "ztv" not in args.methods or not (out / "ztv.npy").exists():
+        return
+    rec = json.loads((out / "ztv.json").read_text()) if (out / "ztv.json").exists() else {}
+    chosen = json.loads((out / "weights.json").read_text()).get("ztv", {}).get("chosen") \
+        if (out / "weights.json").exists() else None
+    want = args.ztv_lambda if args.ztv_lambda is not None else chosen
+    if want is None or rec.get("ztv_lambda") != want:
+        raise ScoreinvError(f"{out / 'ztv.npy'}: made with λ_z {rec.get('ztv_lambda')}, not "
+                            + (f"{want:g}" if want is not None else "a λ_z chosen on validation")
+                            + "; remove it (and ztv.json) to run ztv again, or choose another --out")
 
 
 def run_classical(name: str, meas, w: dict, beta: float, args) -> tuple[torch.Tensor, dict]:
@@ -318,6 +335,7 @@ def main(argv=None) -> int:
                              torch.Generator().manual_seed(args.seed))
         save_measurements(meas_path, "ct", prob.baseline_op, prob.baseline_y, prob.noise, ground_truth=prob.x)
     meas = load_measurements(meas_path)
+    check_finished_ztv(out, args)
     w = weights(out, args, vols)
     results = {}
     for name in args.methods:

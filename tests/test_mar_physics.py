@@ -126,9 +126,10 @@ def test_mar_operator_to_moves_the_wrapped_ct_operator_too():
     assert torch.allclose(op.forward(x), ct.forward(x))
 
 
-def test_a_warm_start_from_tv_is_refused_for_mar_and_names_the_flag():
+def test_a_warm_start_from_tv_is_refused_for_mar_and_names_the_flag(tmp_path):
     from scoreinv.physics.mar import MarOperator, mar_ct
     from scoreinv.sampling.inputs import warm_image
+    from scoreinv.sampling import settings as S
     from scoreinv.sampling.settings import resolve, solver_config
     ct = mar_ct(16)
     op = MarOperator(ct, torch.ones(ct.meas_shape, dtype=torch.bool))
@@ -140,4 +141,8 @@ def test_a_warm_start_from_tv_is_refused_for_mar_and_names_the_flag():
     with pytest.raises(ScoreinvError, match="solver.warm_start = tv: not for MAR"):   # commands: before any work
         resolve("mar", "diffpir", sets={"solver": {"warm_start": "tv"}})
     assert resolve("ct", "diffpir", sets={"solver": {"warm_start": "tv"}}).cfg.warm_start == "tv"
+    bad = tmp_path / "mar-tv.yaml"                                              # nor a preset that asks for it
+    S.write_preset(bad, S.Preset("diffpir", "mar", {"warm_start": "tv", "steps": 20}, {}))
+    with pytest.raises(ScoreinvError, match="solver.warm_start = tv: not for MAR"):
+        S.load_preset(bad)
     assert warm_image(op, y, solver_config("diffpir", "mar", warm_start="classical")).shape == (1, 1, 16, 16)

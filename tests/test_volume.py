@@ -334,3 +334,7 @@ def test_volume_study_chooses_lambda_z_on_the_validation_volume_and_resumes(tiny
     assert "mean PSNR-HU" not in again.split("| method")[0] and "ztv: done before" in again
     with pytest.raises(ScoreinvError, match="other settings"):
         vs.main(argv[:-2] + ["--ztv-lambda", "0.5", "--out", str(out)])
+    stale = json.loads((out / "ztv.json").read_text()) | {"ztv_lambda": 0.0123}   # a ztv made at another λ_z
+    (out / "ztv.json").write_text(json.dumps(stale))
+    with pytest.raises(ScoreinvError, match="made with λ_z 0.0123"):
+        vs.main(argv)

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import ScoreinvError
+from .errors import run_reporting
 
 COMMANDS = ["train", "sample", "data", "simulate", "reconstruct", "eval", "tune", "demo", "bench"]
 
@@ -29,20 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        rc = args.func(args)
-    except ScoreinvError as e:
-        print(f"scoreinv {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a file system refusal is the user's to fix: one line naming the path
-        where = e.filename if e.filename is not None else ""
-        print(f"scoreinv {args.command}: error: {where}{': ' if where else ''}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"scoreinv {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
-
+    return run_reporting(lambda: args.func(args), f"scoreinv {args.command}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,16 +20,29 @@ class Diverged(ScoreinvError):
     worst value, and the study goes on."""
 
 
-def run_script(main, name: str) -> None:
-    """Exit with `main()`'s status, as the command line does: a ScoreinvError becomes one line on
-    stderr (`NAME: error: MESSAGE`) and status 2 (the benchmark scripts' `__main__`)."""
+def run_reporting(fn, name: str) -> int:
+    """`fn()`'s status, with the user-facing failures as one line on stderr: a ScoreinvError or a file
+    system refusal (OSError, naming the path) `NAME: error: ...` and status 2, Ctrl-C status 130.
+    The one home of this rule: `scoreinv` (cli.main) and the benchmark scripts (run_script)."""
     import sys
     try:
-        status = main()
+        return int(fn() or 0)
     except ScoreinvError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
-        status = 2
-    sys.exit(status)
+        return 2
+    except OSError as e:
+        where = e.filename if e.filename is not None else ""
+        print(f"{name}: error: {where}{': ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_script(main, name: str) -> None:
+    """Exit with `main()`'s status by the command line's rule (run_reporting): a script's `__main__`."""
+    import sys
+    sys.exit(run_reporting(main, name))
 
 
 def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:

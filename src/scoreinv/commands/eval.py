@@ -161,15 +161,19 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="tuned parameters from `scoreinv tune` (repeatable, one per solver), or 'reference' "
                         "for the reference presets instead of the shipped model's tuned ones")
     p.add_argument("--num-images", type=int, default=8, help="images of the split to evaluate (default 8)")
-    p.add_argument("--pick", choices=("first", "spread"), default="first",
-                   help="which images of the split: the first --num-images (default), or --num-images spread "
-                        "evenly over the split (volumes: slices from bottom to top; also for the validation "
-                        "images)")
+    add_pick_argument(p, "also for the validation images")
     p.add_argument("--val-images", type=int, default=4,
                    help="validation images for choosing baseline weights (default 4)")
     p.add_argument("--out", required=True, help="output folder (resumable)")
     p.set_defaults(func=run)
     return p
+
+
+def add_pick_argument(p, note: str) -> None:
+    """--pick of eval and tune: the split's first --num-images, or that many spread over it (`spread`)."""
+    p.add_argument("--pick", choices=("first", "spread"), default="first",
+                   help="which images of the split: the first --num-images (default), or --num-images spread "
+                        f"evenly over the split (volumes: slices from bottom to top; {note})")
 
 
 def spread(ds, n: int, flag: str):

@@ -12,7 +12,8 @@ from ..sampling.settings import REFERENCE_KEYWORD, SOLVERS, noisy_level, parse_s
 from ..score import resolve_checkpoint
 from ..tasks import build_problem
 from ..tune import OBJECTIVES, base_settings, check_preset_output, search_space, tune
-from .eval import add_task_arguments, data_id, load_model, load_split, spread, task_options_from_args
+from .eval import (add_pick_argument, add_task_arguments, data_id, load_model, load_split, spread,
+                   task_options_from_args)
 
 HELP = """Tune a score solver's hyperparameters on VALIDATION images by Bayesian optimisation.
 
@@ -62,10 +63,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "postgresql+psycopg2://user:password@host/db to share a study across machines")
     p.add_argument("--study-name", help="study name (default: TASK-SOLVER-SETTING, e.g. ct-projection-v23-n0-radon)")
     p.add_argument("--num-images", type=int, default=4, help="validation images in the objective (default 4)")
-    p.add_argument("--pick", choices=("first", "spread"), default="first",
-                   help="which images of the split: the first --num-images (default), or --num-images spread "
-                        "evenly over it (volumes: slices from bottom to top, so every patient of a split by "
-                        "patient is in the objective)")
+    add_pick_argument(p, "so every patient of a split by patient is in the objective")
     variants = ", ".join(m for m in OBJECTIVES if m not in ("ssim", "psnr"))
     p.add_argument("--metric", default="ssim", help="objective: ssim (default) or psnr, or a variant: "
                    f"{variants} (the *_hu ones: CT in the HU window [-1000, 1000]; the *_mar ones: MAR, "

@@ -230,8 +230,8 @@ MAR_TV_START = ("solver.warm_start = tv: not for MAR (TV would fit the metal tra
 
 def check_task(task: str | None, cfg: SolverConfig) -> SolverConfig:
     """`cfg` if it can run on `task`: a MAR chain may not start from TV (MAR_TV_START). Called where a
-    task and its settings first meet (resolve, solver_config), so a command refuses before any work;
-    `inputs.warm_image` checks the operator too, for library callers without a task."""
+    task and its settings first meet (resolve, solver_config, load_preset), so a command refuses before
+    any work; `inputs.warm_image` checks the operator too, for library callers without a task."""
     if task == "mar" and cfg.warm_start == "tv":
         raise ScoreinvError(MAR_TV_START)
     return cfg
@@ -294,7 +294,7 @@ def load_preset(path, solver: str | None = None, task: str | None = None, source
     if task is not None and t != task:
         raise ScoreinvError(f"preset {src!r} was tuned for task {t!r}, not {task!r}")
     params = coerce(d["params"], f"preset {src}: ", s)
-    validate(SolverConfig(name=s, **{**REFERENCE.get((t, s), {}), **params}), f"preset {src}: ")
+    check_task(t, validate(SolverConfig(name=s, **{**REFERENCE.get((t, s), {}), **params}), f"preset {src}: "))
     return Preset(s, t, params, {k: v for k, v in d.items() if k not in ("solver", "task", "params")}, src)
 
 
