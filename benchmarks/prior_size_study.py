@@ -31,6 +31,7 @@ from pathlib import Path
 from scoreinv import atomic
 from scoreinv.config import load_config
 from scoreinv.errors import ScoreinvError, check_int, run_script
+from scoreinv.score import read_checkpoint, resolve_checkpoint
 
 
 def parse_variant(text: str) -> tuple[int, int]:
@@ -125,8 +126,7 @@ def main(argv=None) -> int:
         rec = finished(work)
         if rec is None:
             raise ScoreinvError(f"{work}: no closing validation record; rerun the study")
-        import torch
-        meta = torch.load(work / "checkpoints-meta" / "checkpoint.pt", map_location="cpu", weights_only=False)
+        meta = read_checkpoint(resolve_checkpoint(str(work)))      # the run's meta-checkpoint
         batch = meta["config"]["train"]["batch_size"]
         lines.append(f"| nf{nf}:p{p} | {meta['n_params'] / 1e6:.2f} M | {batch} | {meta['step']} | "
                      f"{meta['nimg']} | {meta['wall_s'] / max(meta['step'], 1):.2f} | "

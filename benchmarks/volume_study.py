@@ -132,39 +132,47 @@ def weights(out: Path, args, vols) -> dict:
                                  torch.Generator().manual_seed(args.seed + 1))
         return prob
 
+    def save():
+        atomic.write_text(path, json.dumps(known, indent=2))
+
     for name in ("tv", "tv3d"):
         if name in known or name not in args.methods:
             continue
         kw = {"iters": args.tv_iters} | ({"z_weight": vpx / vdz} if name == "tv3d" else {})
         t = time.perf_counter()
-        c = choose_weight(name, problem().baseline_op, problem().baseline_y, problem().x, **kw)
+        pr = problem()
+        c = choose_weight(name, pr.baseline_op, pr.baseline_y, pr.x, **kw)
         known[name] = {"weight": c.weight, "grid": list(c.grid), "psnr": list(c.scores), "at_edge": c.at_edge,
                        "validation": what, **({"z_weight": kw["z_weight"]} if name == "tv3d" else {})}
         print(f"{name}: weight {c.weight:g} chosen on {what} (PSNR {max(c.scores):.2f} dB, "
               f"{time.perf_counter() - t:.0f} s){'; AT THE EDGE of the grid' if c.at_edge else ''}", flush=True)
-        atomic.write_text(path, json.dumps(known, indent=2))
-    if "ztv" in args.methods and args.ztv_lambda is None and "chosen" not in known.get("ztv", {}):
-        known["ztv"] = choose_lambda_z(out, args, problem, vpx / vdz, what, known.get("ztv", {}),
-                                       lambda rec: atomic.write_text(path, json.dumps(known | {"ztv": rec}, indent=2)))
-        atomic.write_text(path, json.dumps(known, indent=2))
+        save()
+    if "ztv" in args.methods and ztv_lambda(args, known) is None:
+        choose_lambda_z(out, args, problem, vpx / vdz, what, known.setdefault("ztv", {}), save)
     return known
 
 
-def choose_lambda_z(out: Path, args, problem, beta: float, what: str, rec: dict, keep) -> dict:
+def ztv_lambda(args, known: dict) -> float | None:
+    """The λ_z of this run's ztv: --ztv-lambda, else the validation choice in `known` (weights.json), else
+    None (not chosen yet)."""
+    return args.ztv_lambda if args.ztv_lambda is not None else known.get("ztv", {}).get("chosen")
+
+
+def choose_lambda_z(out: Path, args, problem, beta: float, what: str, rec: dict, save) -> None:
     """λ_z of (D27) for the ztv run, chosen on the validation volume as the TV weights are (but scored
     by the mean PSNR-HU of the axial, coronal and sagittal planes, where the TV weights use PSNR on
     [0, 1]): the score solver with z-TV at λ_z = c · β for c in ZTV_GRID (β = in-plane pixel / slice
     spacing, the voxel aspect that also scales tv3d's z term, (D31); docs/design.md §9.5) and at
-    λ_z = 0 (no coupling). Each grid point's score is kept (`keep(rec)`)
-    as soon as it is known, so an interrupted choice resumes where it stopped."""
+    λ_z = 0 (no coupling). `rec` (weights.json's "ztv" entry) is filled in place and each grid point's
+    score is saved (`save()`) as soon as it is known, so an interrupted choice resumes where it stopped."""
     grid = [0.0] + [c * beta for c in ZTV_GRID]
     meas = out / "val_measurements.npz"
     if not meas.exists():
         p = problem()
         save_measurements(meas, "ct", p.baseline_op, p.baseline_y, p.noise, ground_truth=p.x)
     gt = load_measurements(meas).ground_truth
-    rec = {"grid": grid, "psnr_hu": rec.get("psnr_hu", {}), "beta": beta, "validation": what,
-           "score": "mean PSNR-HU of the axial, coronal and sagittal planes"}
+    rec.update(grid=grid, beta=beta, validation=what, score="mean PSNR-HU of the axial, coronal and sagittal planes")
+    rec.setdefault("psnr_hu", {})
     for lam in grid:
         key = f"{lam:.6g}"
         if key in rec["psnr_hu"]:
@@ -175,12 +183,12 @@ def choose_lambda_z(out: Path, args, problem, beta: float, what: str, rec: dict,
         rec["psnr_hu"][key] = sum(hu[f"psnr_{p}"] for p in ("axial", "coronal", "sagittal")) / 3
         print(f"ztv: λ_z {lam:.4g} on {what}: mean PSNR-HU {rec['psnr_hu'][key]:.2f} dB "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
-        keep(rec)
+        save()
     best = max(grid, key=lambda g: rec["psnr_hu"][f"{g:.6g}"])
     rec |= {"chosen": best, "at_edge": best == grid[-1]}
     print(f"ztv: λ_z {best:.4g} chosen on {what}" + (" (0: coupling does not help on validation)" if best == 0 else "")
           + ("; AT THE EDGE of the grid" if rec["at_edge"] else ""), flush=True)
-    return rec
+    save()
 
 
 def check_finished_ztv(out: Path, args) -> None:
@@ -190,9 +198,8 @@ def check_finished_ztv(out: Path, args) -> None:
     if "ztv" not in args.methods or not (out / "ztv.npy").exists():
         return
     rec = json.loads((out / "ztv.json").read_text()) if (out / "ztv.json").exists() else {}
-    chosen = json.loads((out / "weights.json").read_text()).get("ztv", {}).get("chosen") \
-        if (out / "weights.json").exists() else None
-    want = args.ztv_lambda if args.ztv_lambda is not None else chosen
+    known = json.loads((out / "weights.json").read_text()) if (out / "weights.json").exists() else {}
+    want = ztv_lambda(args, known)
     if want is None or rec.get("ztv_lambda") != want:
         raise ScoreinvError(f"{out / 'ztv.npy'}: made with λ_z {rec.get('ztv_lambda')}, not "
                             + (f"{want:g}" if want is not None else "a λ_z chosen on validation")
@@ -342,7 +349,7 @@ def main(argv=None) -> int:
         done = load(out, name)
         if done is None:
             print(f"{name}: running", flush=True)
-            lam = (args.ztv_lambda if args.ztv_lambda is not None else w["ztv"]["chosen"]) if name == "ztv" else None
+            lam = ztv_lambda(args, w) if name == "ztv" else None
             xr, rec = (run_score(name, meas_path, out, args, lam=lam) if name in ("none", "ztv")
                        else run_classical(name, meas, w, beta, args))
             save(out, name, xr, rec)
