@@ -211,6 +211,11 @@ RUNS: dict[str, Run] = {
     "--set projection.steps=20 --out results/mar": Run(
         [("projection.steps=20", "projection.steps=2 --num-images 1 --val-images 1")], [r"li", r"nmar"],
         ["results/mar/summary.json"]),
+    "scoreinv eval --checkpoint mri64 --task mri --acceleration 8 --coils 4 --data brain "
+    "--solvers zero_filled,cs_tv,diffpir --num-images 4 --out results/mri8_sense": Run(
+        [("--num-images 4", "--num-images 1 --steps 2 --samples 2 --val-images 1")],
+        [r"R=8 mask=equispaced coils=4", r"^diffpir +mean-of-2", r"^diffpir:first +sample .* 2$"],
+        ["results/mri8_sense/summary.json"]),
     "torchrun --standalone --nproc-per-node 2 -m scoreinv.cli eval --checkpoint ct64 --task ct --views 23 "
     "--data phantoms --solvers fbp,dds --num-images 16 --out results/ct23_sharded": Run(
         [("--num-images 16", "--num-images 2 --batch-size 1" + FEW)],

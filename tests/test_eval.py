@@ -139,12 +139,19 @@ def test_mar_and_mri_posterior_samples(ckpt, tmp_path):
     assert rec["metal_mask"].dtype == bool and "std_li" not in rec.files
     s = {r["solver"]: r for r in json.loads((out / "summary.json").read_text())}
     assert s["dds"]["nfe"] == 2 * solver_config("dds", "mar", steps=2).nfe() and s["dds"]["samples"] == 2
+    # the first of the K samples is scored alone on the same data, at NFE / K
+    first = [r for r in rows if r["solver"] == "dds:first"]
+    assert [r["image"] for r in first] == ["0", "1"] and all(r["estimate"] == "sample" for r in first)
+    assert s["dds:first"]["nfe"] == solver_config("dds", "mar", steps=2).nfe() and s["dds:first"]["of_samples"] == 2
+    mean = {r["image"]: float(r["psnr"]) for r in rows if r["solver"] == "dds"}
+    assert any(abs(float(r["psnr"]) - mean[r["image"]]) > 1e-6 for r in first)
     out2 = tmp_path / "mri"
     assert main(["eval", "--checkpoint", ckpt, "--task", "mri", "--acceleration", "2", "--mask", "random",
                  "--data", "brain", "--solvers", "zero_filled,cs_tv", "--set", "cs_tv.weight=1e-3",
                  "--num-images", "2", "--out", str(out2)]) == 0
     s = {r["solver"]: r for r in json.loads((out2 / "summary.json").read_text())}
     assert s["cs_tv"]["psnr_mean"] > s["zero_filled"]["psnr_mean"] - 1.0 and s["zero_filled"]["psnr_mean"] > 10
+    assert "dds:first" not in s and not any(":" in r["solver"] for r in _rows(out2))     # one sample: no extra rows
 
 
 def test_method_resolution_precedence_and_errors():

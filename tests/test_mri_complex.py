@@ -207,3 +207,37 @@ def test_simulate_phase_round_trip_and_reconstruct(tmp_path, tiny_checkpoint):
                  "--solver", "dds", "--steps", "3", "--no-progress"]) == 0
     r = np.load(out)
     assert r.shape[0] == 2 and np.isfinite(r).all()
+
+
+def test_phase_misfit_measures_what_no_real_image_fits_and_keeps_the_data_step_from_fitting_it():
+    """(D32): σ_φ tracks the misfit of the true magnitude seen through the estimated phase (and
+    vanishes with the true phase); as σ_y it keeps DiffPIR's data step near the truth, where a
+    noise-free σ_y makes the step fit the misfit (the brain2 failure: 11 dB below zero-filled)."""
+    from scoreinv.sampling.conditioning import DiffPIRStep
+    from scoreinv.sampling.inputs import measurement_sigma, phase_misfit
+    from scoreinv.sampling.settings import noisy_level, noisy_record
+    x = _phantom(3, 64, seed=3).float()
+    p = tasks.build_problem(x, tasks.task_options("mri", acceleration=4, mask="random", phase="smooth"), _gen(11))
+    op, y = p.op, p.y
+    m = op.mask.float()
+    true = ((op.forward(x) - y).abs() ** 2 * m).flatten(1).sum(1).div(m.sum()).sqrt().double()
+    est = phase_misfit(op, y)
+    assert bool((true > 0.01).all()) and torch.allclose(est, true, rtol=0.25)
+    exact = phase_misfit(PhasedMRI(op.mask, p.extras["true_phase"]), y)
+    assert bool((exact < 0.15 * true).all())
+    assert torch.allclose(measurement_sigma({"model": "none"}, "mri", op, op, y), est)
+    assert torch.allclose(measurement_sigma(p.noise, "mri", tasks.slice_operator(op, slice(1, 3)),
+                                            tasks.slice_operator(op, slice(1, 3)), y[1:3]), est[1:3])
+    loud = {"model": "gaussian", "sigma": 1.0}
+    assert torch.equal(measurement_sigma(loud, "mri", op, op, y), torch.ones(3, dtype=torch.float64))
+    plain = tasks.build_problem(x, tasks.task_options("mri", acceleration=4, mask="random"), _gen(11))
+    assert torch.equal(measurement_sigma(plain.noise, "mri", plain.op, plain.op, plain.y), torch.zeros(3).double())
+
+    def err(sigma_y):
+        step = DiffPIRStep(op, y, None, sigma_y, lam=1.0, floor=1e-3, cg_iters=50)
+        xp = step.prox(x, torch.full((3,), 0.02))
+        return (xp - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    assert bool((err(0.0) > 0.1).all()) and bool((err(est) < 0.02).all())
+    # the closing hard projection is off for phased data, as for noisy data
+    assert noisy_level("mri", 0.0, "smooth") and not noisy_level("mri", 0.0, "none")
+    assert noisy_record("mri", {"model": "none"}, phased=True) and not noisy_record("mri", {"model": "none"})

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from scoreinv import tasks
+
 from scoreinv.errors import ScoreinvError
 from scoreinv.physics.ct import ParallelBeamCT
 from scoreinv.physics.fourier_slice import FourierSliceCT, fourier_from_parallel
@@ -122,3 +124,22 @@ def test_build_problem_rejects_bad_images():
         build_problem(torch.full((1, 1, 16, 16), float("nan")), task_options("mri"), _g())
     with pytest.raises(ScoreinvError, match="TaskOptions"):
         build_problem(_images(1), "ct", _g())
+
+
+def test_mri_coils_option_builds_a_sense_problem_and_is_recorded():
+    """task_options(coils=C > 1): SENSE with C birdcage maps for every method; named in the setting and
+    the record (a single coil leaves earlier records unchanged); refused with a smooth phase or for CT."""
+    from scoreinv.physics.sense import SenseMRI
+    opts = tasks.task_options("mri", acceleration=4, mask="random", coils=4)
+    assert opts.setting() == "R=4 mask=random coils=4 noise=0" and opts.slug() == "R4-random-n0-c4"
+    assert opts.to_dict()["coils"] == 4 and "coils" not in tasks.task_options("mri", coils=1).to_dict()
+    assert tasks.task_options("mri", coils=1) == tasks.task_options("mri")
+    x = torch.rand(2, 1, 32, 32)
+    p = tasks.build_problem(x, opts, torch.Generator().manual_seed(0))
+    assert isinstance(p.op, SenseMRI) and p.op.maps.shape[0] == 4 and p.y.shape == (2, 4, 32, 32)
+    assert p.baseline_op is p.op and torch.allclose(p.naive, p.op.adjoint(p.y))
+    for bad in (dict(coils=0), dict(coils=2, phase="smooth")):
+        with pytest.raises(ScoreinvError, match="--coils|--phase"):
+            tasks.task_options("mri", **bad)
+    with pytest.raises(ScoreinvError, match="--coils"):
+        tasks.task_options("ct", coils=4)

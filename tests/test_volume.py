@@ -38,13 +38,21 @@ def test_the_phantom_file_round_trips_and_a_coupled_volume_ignores_the_network_b
     assert recon(tiny_checkpoint, meas, tmp_path / "a.npy", "--coupling", "ztv", "--batch-size", "2",
                  "--report", str(tmp_path / "a.json")) == 0
     out = capsys.readouterr().out
-    assert "ztv coupling λ_z 0.01" in out and "--coupling: coupling" in out
+    # the default λ_z is scaled by the voxel aspect (2 mm pixels, 3 mm slices); a --set value is kept
+    assert "z-TV: λ_z 0.006667 = 0.01 x pixel / spacing (0.6667" in out
+    assert "ztv coupling λ_z 0.00666667 " in out and "--coupling: coupling" in out and "voxel aspect: ztv_lambda" in out
     assert "volume (6 slices, 3 mm apart): PSNR axial/coronal/sagittal" in out and "z-gradient RMSE" in out
     assert recon(tiny_checkpoint, meas, tmp_path / "b.npy", "--coupling", "ztv", "--batch-size", "6") == 0
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     np.testing.assert_allclose(a, b, atol=1e-6)                    # chunked network == one call
     rep = json.loads((tmp_path / "a.json").read_text())
     assert rep["slice_spacing_mm"] == pytest.approx(3.0) and rep["solver"]["coupling"] == "ztv"
+    assert rep["solver"]["ztv_lambda"] == pytest.approx(0.01 * 2 / 3)
+    capsys.readouterr()
+    assert recon(tiny_checkpoint, meas, tmp_path / "e.npy", "--coupling", "ztv", "--set", "solver.ztv_lambda=0.02",
+                 "--batch-size", "6") == 0
+    out = capsys.readouterr().out
+    assert "ztv coupling λ_z 0.02 " in out and "x pixel / spacing" not in out
     assert rep["volume_metrics"]["ssim_coronal"] is None            # planes of 6 x 16: smaller than SSIM's window
     v = volume_metrics(torch.from_numpy(a)[:, None], vol)
     assert rep["volume_metrics"]["psnr_axial"] == pytest.approx(v["psnr_axial"], abs=1e-4)

@@ -104,7 +104,7 @@ def run_demo(out_dir, solver: str | None = None, steps: int | None = None, num_i
         model, cfg = models[spec]
         size = cfg.data.image_size
         opts = task_options(case.task, **case.options)
-        opts_noisy = noisy_level(case.task, opts.noise)
+        opts_noisy = noisy_level(case.task, opts.noise, opts.phase)
         methods = resolve_methods(list(case.classical) + [solver or case.solver], case.task, steps=steps, noisy=opts_noisy,
                                   checkpoint=spec)
         log(f"\n== {case.title} ({case.num_images} image(s), model {spec}) ==")

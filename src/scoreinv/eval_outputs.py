@@ -72,6 +72,11 @@ def volume_scores(index, images, x: np.ndarray, ref: np.ndarray) -> dict:
     return out
 
 
+def single_sample_label(name: str) -> str:
+    """The solver label of the rows that score the first of K samples alone (`--samples K`): NAME:first."""
+    return f"{name}:first"
+
+
 def estimate_of(method: Method, samples: int) -> str:
     """The estimate a method's rows score (settings.estimate_name)."""
     return estimate_name(SolverConfig(**method.params) if method.kind == "score" else None, samples)
@@ -172,6 +177,19 @@ def write_outputs(out: Path, options, methods, batches, names, data_id, split, s
             log(f"[{m.name}] {vol['n_volumes']} volume(s): PSNR axial/coronal/sagittal {planes} dB, "
                 f"z-gradient RMSE {zg}")
         summary.append(rec)
+        if "m1_" + names[0] in parts[0]:        # --samples K: the first sample of the same run, paired with the mean
+            one = {k: np.concatenate([p[f"m1_{k}"] for p in parts]) for k in names}
+            label, est1 = single_sample_label(m.name), estimate_of(m, 1)
+            for i, img in enumerate(arrays["index"]):
+                rows.append({"image": int(img), "solver": label, **{k: float(one[k][i]) for k in names},
+                             "seconds": float(secs[i]) / samples, "nfe": nfe // samples, "estimate": est1})
+            first = {"solver": label, "kind": m.kind, "estimate": est1, "task": options.task,
+                     "setting": options.setting(), "data": data_id, "split": split, "metric_variant": MAIN_VARIANT}
+            for k in names:
+                first.update(_summary_stats(k, one[k]))
+            first.update(sec_per_image=float(secs.mean()) / samples, nfe=nfe // samples, n_images=int(len(secs)),
+                         samples=1, of_samples=samples, params=m.params, environment=rec["environment"])
+            summary.append(first)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe", "estimate", "ood_tau",
                                         "ood_verdict"], lineterminator="\n", restval="")

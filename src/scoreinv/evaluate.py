@@ -5,7 +5,10 @@ into `out_dir`:
 - metrics.csv: one row per (image, solver): PSNR, SSIM (full image; the main columns), the
   circle / histogram variants (CT, MRI) or metal-zeroed variants (MAR), NMSE, seconds, NFE and
   the estimate the row scores (`settings.estimate_name`: sample, mean-of-K, tweedie@σ, classical;
-  docs/design.md §2.11), so that a posterior mean is not compared with a single sample unawares,
+  docs/design.md §2.11), so that a posterior mean is not compared with a single sample unawares
+  (with --samples K > 1 each score solver also gets rows NAME:first scoring the first of its K
+  samples alone, paired with the mean on the same data: the single-sample figure at NFE / K and
+  seconds / K, the K chains having run as one batch),
   and for score solvers the out-of-distribution guard's typicality τ and verdict (`ood_tau`,
   `ood_verdict`; docs/design.md §4.4; empty for classical baselines);
 - summary.json: one record per solver (mean ± population std over images, s/image, NFE, estimate;
@@ -169,15 +172,15 @@ def _real(x: torch.Tensor) -> torch.Tensor:
 
 def run_method(method: Method, problem: Problem, model=None, samples: int = 1,
                generator: torch.Generator | None = None, device="cpu",
-               volume: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Reconstruct one problem batch -> (x (B, 1, H, W) CPU, posterior std or None, NFE per image);
-    volume: (B,) volume labels of the slices for a coupled solver (`slice_labels`)."""
+               volume: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
+    """Reconstruct one problem batch -> (x (B, 1, H, W) CPU, posterior std or None, NFE per image, the first
+    of the K samples or None); volume: (B,) volume labels of the slices for a coupled solver (`slice_labels`)."""
     if method.kind == "baseline":
         kw = dict(method.params)
         if method.name == "nmar" and problem.metal_mask is not None:
             kw["metal_mask"] = problem.metal_mask
         rec = get_baseline(method.name)(problem.baseline_op, problem.baseline_y.to(device), **kw)
-        return _real(rec.x), None, 0
+        return _real(rec.x), None, 0, None
     if model is None:
         raise ScoreinvError(f"solver {method.name!r} needs a score model (--checkpoint)")
     cfg = SolverConfig(**method.params)
@@ -185,9 +188,9 @@ def run_method(method: Method, problem: Problem, model=None, samples: int = 1,
     inputs = problem_inputs(problem, cfg)
     if samples == 1:
         x, nfe = solve(model, problem.op, y, cfg, generator, **inputs, volume=volume)
-        return _real(x), None, int(nfe)
+        return _real(x), None, int(nfe), None
     post = posterior(model, repeat_operator(problem.op, samples), y, cfg, samples, generator, **inputs, volume=volume)
-    return _real(post["mean"]), _real(post["std"]), int(post["nfe"])
+    return _real(post["mean"]), _real(post["std"]), int(post["nfe"]), _real(post["samples"][0])
 
 
 def check_score_methods(methods, options: TaskOptions, model=None) -> None:
@@ -393,15 +396,16 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
         for m in todo:
             g = torch.Generator().manual_seed(derive_seed(seed, "solve", m.name, b))
             t0 = time.perf_counter()
-            xr, std, nfe = run_method(m, problem, model, samples, g, device, volume=slice_labels(vindex, idx))
+            xr, std, nfe, first = run_method(m, problem, model, samples, g, device, volume=slice_labels(vindex, idx))
             sec = time.perf_counter() - t0
             if not bool(torch.isfinite(xr).all()):
                 raise ScoreinvError(f"{m.name}: the reconstruction of images {idx.tolist()} contains NaN or Inf "
                                     f"(diverged; check its parameters {m.params})")
             vals = image_metrics(names, xr, x, metal_mask=mm)
             guard = ood_arrays(model, problem, xr, ood_reference, batch_size, device) if m.kind == "score" else {}
+            single = {} if first is None else {f"m1_{k}": v for k, v in image_metrics(names, first, x, metal_mask=mm).items()}
             atomic.savez(out / "parts" / m.name / f"b{b:05d}.npz", idx=idx, x=xr.numpy(), seconds=sec, nfe=nfe, env=env,
-                         **({"std": std.numpy()} if std is not None else {}),
+                         **({"std": std.numpy()} if std is not None else {}), **single,
                          **{f"m_{k}": v for k, v in vals.items()}, **guard)
             log(f"{shard.tag}[{m.name}] batch {b + 1}/{len(batches)} ({len(idx)} images): {sec:.1f} s, "
                 f"PSNR {float(vals['psnr'].mean()):.2f}, SSIM {float(vals['ssim'].mean()):.3f}")

@@ -15,6 +15,8 @@ and the noise record. Task options carry the same names everywhere (`scoreinv si
   and the solvers and baselines see the phase-corrected operator A' = P(Λ) fft2c diag(e^{iφ̂}) with
   φ̂ estimated from the fully sampled k-space centre of the data (`physics.mri.PhasedMRI`,
   docs/design.md §3.5); they reconstruct a real image whose magnitude is scored against |x|.
+- `coils` (MRI): 1 (default) or C > 1: SENSE, y_c = Λ ⊙ fft2c(S_c x) with C birdcage coil maps
+  S_c (`physics.sense.birdcage_maps`) known to solvers and baselines (no calibration error).
 - `noise`: CT incident photons per ray (Poisson counts, attenuation of image value 1 =
   `mu_max` per cm; 0 = noise-free); MRI complex Gaussian std relative to the RMS of the
   sampled k-space; MAR photons per ray (0 = the paper's 2e7).
@@ -137,6 +139,17 @@ def simulate_ct(x: torch.Tensor, generator: torch.Generator, geometry, upsample:
     return Simulation(op, y, record)
 
 
+def check_mri_acquisition(phase: str | None, coils: int | None) -> tuple[str, int]:
+    """(phase, coils) validated with None meaning "none" and 1: a smooth phase is simulated for single-coil
+    MRI only."""
+    phase = check_choice("--phase", "none" if phase is None else phase, MRI_PHASES)
+    coils = check_int("--coils", 1 if coils is None else coils)
+    if phase != "none" and coils != 1:
+        raise ScoreinvError(f"--phase {phase}: a smooth image phase is simulated for single-coil MRI only "
+                            f"(--coils 1), got --coils {coils}")
+    return phase, coils
+
+
 def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equispaced", acceleration: float = 4.0,
                  center_fraction: float | None = None, coils: int = 1, noise: float = 0.0,
                  phase: str | None = None) -> Simulation:
@@ -152,11 +165,7 @@ def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equis
     from .physics.mri import CartesianMRI, estimate_phase, kspace_rms, PhasedMRI, smooth_phase
     from .physics.sense import SenseMRI, birdcage_maps
     shape = tuple(x.shape[-2:])
-    phase = check_choice("--phase", "none" if phase is None else phase, MRI_PHASES)
-    coils = check_int("--coils", coils)
-    if phase != "none" and coils != 1:
-        raise ScoreinvError(f"--phase {phase}: a smooth image phase is simulated for single-coil MRI only "
-                            f"(--coils 1), got --coils {coils}")
+    phase, coils = check_mri_acquisition(phase, coils)
     check_range("noise (MRI relative standard deviation)", noise, 0.0)
     m = make_mask(mask, shape, acceleration, center_fraction, generator=generator, require_centre=True)
     op = CartesianMRI(m) if coils == 1 else SenseMRI(birdcage_maps(int(coils), shape), m)
@@ -217,6 +226,7 @@ class TaskOptions:
     ct_operator: str | None = None
     upsample: int | None = None
     phase: str | None = None          # MRI: None (= "none") or "smooth"
+    coils: int | None = None          # MRI: None (= 1, single coil) or C > 1 (SENSE, birdcage maps)
 
     def to_dict(self) -> dict:
         """The options as stored in eval/tune records. MRI: `phase` only when set, and for random
@@ -225,6 +235,8 @@ class TaskOptions:
         d = dataclasses.asdict(self)
         if not self.smooth_phase:
             del d["phase"]
+        if not self.coils:
+            del d["coils"]
         if self.task == "mri" and self.mask == "random":
             d["mask_rule"] = "exact round(W/R) columns, centre fraction 0.32/R"
         return d
@@ -237,6 +249,7 @@ class TaskOptions:
         """A short name of the setting, e.g. 'views=23 noise=0 operator=radon'."""
         if self.task == "mri":
             s = f"R={self.acceleration:g} mask={self.mask}" + (" phase=smooth" if self.smooth_phase else "")
+            s += f" coils={self.coils}" if self.coils else ""
         else:
             s = f"views={self.views if self.views is not None else 'all'}"
         s += f" noise={self.noise:g}"
@@ -245,21 +258,24 @@ class TaskOptions:
     def slug(self) -> str:
         """The setting for file and study names, e.g. 'v23-n0-radon', 'R8-equispaced-n0'."""
         if self.task == "mri":
-            return f"R{self.acceleration:g}-{self.mask}-n{self.noise:g}" + ("-phase" if self.smooth_phase else "")
+            return (f"R{self.acceleration:g}-{self.mask}-n{self.noise:g}" + ("-phase" if self.smooth_phase else "")
+                    + (f"-c{self.coils}" if self.coils else ""))
         v = f"v{self.views if self.views is not None else 'all'}-n{self.noise:g}"
         return v + (f"-{self.ct_operator}" if self.task == "ct" else "")
 
 
 def task_options(task: str, views: int | None = None, acceleration: float | None = None, mask: str | None = None,
                  noise: float | None = None, ct_operator: str | None = None,
-                 upsample: int | None = None, phase: str | None = None) -> TaskOptions:
-    """Validate options for `task` and fill in defaults; an option given for another task raises."""
+                 upsample: int | None = None, phase: str | None = None, coils: int | None = None) -> TaskOptions:
+    """Validate options for `task` and fill in defaults; an option given for another task raises.
+    MRI `coils`: 1 (or None) single coil, C > 1 SENSE with C simulated birdcage coil maps (known to
+    the solvers, `physics.sense`); not with a smooth phase (simulated for single coil only)."""
     from .physics.masks import MASK_KINDS
     check_choice("task", task, TASKS)
     given = {"--views": views, "--acceleration": acceleration, "--mask": mask, "--ct-operator": ct_operator,
-             "--upsample": upsample, "--phase": phase}
+             "--upsample": upsample, "--phase": phase, "--coils": coils}
     allowed = {"ct": ("--views", "--ct-operator", "--upsample"), "mar": ("--views",),
-               "mri": ("--acceleration", "--mask", "--phase")}[task]
+               "mri": ("--acceleration", "--mask", "--phase", "--coils")}[task]
     wrong = [k for k, v in given.items() if v is not None and k not in allowed]
     if wrong:
         raise ScoreinvError(f"{', '.join(wrong)} do(es) not apply to task {task!r}; its options are "
@@ -270,8 +286,9 @@ def task_options(task: str, views: int | None = None, acceleration: float | None
     if task == "mri":
         acceleration = check_range("--acceleration", 4.0 if acceleration is None else acceleration, 1.0)
         mask = check_choice("--mask", "equispaced" if mask is None else mask, MASK_KINDS)
-        phase = check_choice("--phase", "none" if phase is None else phase, MRI_PHASES)
-        return TaskOptions(task, None, float(acceleration), mask, noise, phase=None if phase == "none" else phase)
+        phase, coils = check_mri_acquisition(phase, coils)
+        return TaskOptions(task, None, float(acceleration), mask, noise, phase=None if phase == "none" else phase,
+                           coils=None if coils == 1 else coils)
     if task == "ct":
         views = DEFAULT_CT_VIEWS if views is None else int(views)
         ct_operator = check_choice("--ct-operator", ct_operator or DEFAULT_CT_OPERATOR, CT_OPERATORS)
@@ -332,7 +349,8 @@ def build_problem(x: torch.Tensor, options: TaskOptions, generator: torch.Genera
             y = sim.y
         return Problem(options, x, op, y, sim.op, sim.y, sim.op.fbp(sim.y), "FBP", sim.noise)
     if options.task == "mri":
-        sim = simulate_mri(x, generator, options.mask, options.acceleration, noise=options.noise, phase=options.phase)
+        sim = simulate_mri(x, generator, options.mask, options.acceleration, coils=options.coils or 1,
+                           noise=options.noise, phase=options.phase)
         return Problem(options, x, sim.op, sim.y, sim.op, sim.y, sim.op.adjoint(sim.y), "zero-filled", sim.noise,
                        sim.extras)
     sim = simulate_mar(x, generator, options.views, noise=options.noise)

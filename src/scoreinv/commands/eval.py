@@ -24,6 +24,8 @@ HELP = """Evaluate reconstructions against ground truth on a dataset split.
       --solvers zero_filled,cs_tv,projection --preset reference --num-images 16 --out results/mri8
   scoreinv eval --checkpoint ct64 --task mar --data phantoms --solvers li,nmar,projection \\
       --set projection.steps=20 --out results/mar
+  scoreinv eval --checkpoint mri64 --task mri --acceleration 8 --coils 4 --data brain \
+      --solvers zero_filled,cs_tv,diffpir --num-images 4 --out results/mri8_sense
 
 Writes into --out: metrics.csv (one row per image and solver: psnr, ssim, their circle / hist
 variants for CT and MRI or metal-zeroed (psnr_mar, ssim_mar) variants for MAR, nmse, seconds,
@@ -48,7 +50,9 @@ Solvers: score solvers baseline, langevin, langevin_projection, projection, dds,
 (MRI, or CT with --ct-operator fourier), diffpir (need --checkpoint); classical baselines by
 task: ct fbp, sirt, cgls, tv; mri zero_filled, cgls, tv, cs_tv, cs_wavelet; mar li, nmar, sirt,
 cgls, tv. Each row of the outputs names the estimate it scores (sample, mean-of-K with
---samples K, tweedie@S with --set solver.sigma_end=S, classical). Baseline weights (tv, cs_*) and iteration
+--samples K, tweedie@S with --set solver.sigma_end=S, classical); with --samples K each score solver
+also gets rows NAME:first that score the first of its K samples alone, at NFE / K (single sample
+against the mean of K on the same data). Baseline weights (tv, cs_*) and iteration
 counts (sirt, cgls) are chosen on --val-images validation images and cached in the folder,
 unless fixed with --set tv.weight=1e-3.
 
@@ -84,6 +88,8 @@ def add_task_arguments(p: argparse.ArgumentParser, model_optional: bool = True) 
     t.add_argument("--phase", choices=("none", "smooth"), default=None,
                    help="MRI: image phase: none (magnitude images, the paper's) or smooth (a random smooth phase; "
                         "the solvers see the phase estimated from the k-space centre, docs/design.md §3.5)")
+    t.add_argument("--coils", type=int, help="MRI: receiver coils, 1 = single coil (default), C > 1 = SENSE with C "
+                   "simulated birdcage coil maps known to every method")
     t.add_argument("--noise", type=float, help="CT: incident photons per ray (Poisson; default 0 = noise-free); "
                    "MRI: complex Gaussian std relative to the k-space RMS (default 0); MAR: photons per ray "
                    "(default 0 = the paper's 2e7)")
@@ -105,7 +111,7 @@ def task_options_from_args(args):
     from ..tasks import task_options
     return task_options(args.task, views=args.views, acceleration=args.acceleration, mask=args.mask,
                         noise=args.noise, ct_operator=args.ct_operator, upsample=args.upsample,
-                        phase=args.phase)
+                        phase=args.phase, coils=args.coils)
 
 
 def load_model(args, needed: bool):
@@ -195,7 +201,7 @@ def run(args) -> int:
     opts = task_options_from_args(args)
     presets = [open_preset(p, task=opts.task) for p in args.preset]
     methods = resolve_methods(args.solvers, opts.task, args.steps, parse_sets(args.set), presets,
-                              noisy_level(opts.task, opts.noise), args.checkpoint)
+                              noisy_level(opts.task, opts.noise, opts.phase), args.checkpoint)
     check_out_dir(Path(args.out))
     with sharded(args.device) as shard:
         for m in methods:

@@ -52,7 +52,8 @@ Volumes: --coupling ztv solves the selected slices together as one volume, addin
 penalty along the slice axis to every data-consistency step (ADMM on the stacked volume, as
 DiffusionMBIR and DDS do; solvers projection, langevin_projection, dds and diffpir), which removes
 the stripes between slices that slice-by-slice reconstruction leaves. Its weight and ADMM settings:
---set solver.ztv_lambda=0.01 (0 gives back the uncoupled result), solver.admm_iters=4,
+--set solver.ztv_lambda=VALUE (0 gives back the uncoupled result; by default 0.01 x the voxel aspect
+in-plane pixel / slice spacing when the file gives both, as 3-D TV scales its z term), solver.admm_iters=4,
 solver.admm_rho=1. Slice order and spacing come from the file (a DICOM series or NIfTI volume given
 to `scoreinv simulate`): slices must be evenly spaced, none duplicated or missing (a clear error
 otherwise). The network still sees --batch-size images at a time; the coupled step runs on the whole

@@ -144,9 +144,7 @@ def check_options(args) -> None:
         check_range("--acceleration", args.acceleration, 1.0)
         if args.center_fraction is not None:
             check_range("--center-fraction", args.center_fraction, 0.0, 1.0)
-        if args.phase == "smooth" and args.coils != 1:
-            raise ScoreinvError(f"--phase smooth: simulated for single-coil MRI only (--coils 1), "
-                                f"got --coils {args.coils}")
+        tasks.check_mri_acquisition(args.phase, args.coils)
     elif args.phase != "none":
         raise ScoreinvError(f"--phase applies to --task mri, not to --task {args.task}")
     if args.task == "mar":

@@ -101,7 +101,7 @@ def run(args) -> int:
     check_int("--worker", args.worker, lo=0)
     opts = task_options_from_args(args)
     base = base_settings(opts.task, args.solver, args.preset, args.steps, parse_sets(args.set),
-                         noisy_level(opts.task, opts.noise), args.checkpoint)
+                         noisy_level(opts.task, opts.noise, opts.phase), args.checkpoint)
     bounds = parse_bounds(args.bound)
     name = args.study_name or f"{opts.task}-{args.solver}-{opts.slug()}"
     out = args.out or f"{name}.yaml"

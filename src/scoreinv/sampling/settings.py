@@ -371,16 +371,21 @@ def check_targets(sets: dict, allowed, flag: str = "--set") -> None:
 
 
 # --- precedence ---------------------------------------------------------------------------------
-def noisy_level(task: str, noise: float) -> bool:
+def noisy_level(task: str, noise: float, phase: str | None = None) -> bool:
     """Whether `--noise noise` gives data noisier than the reference acquisition (module docstring):
-    CT/MRI any noise > 0; MAR (0 = the paper's photon count) fewer photons than it."""
+    CT/MRI any noise > 0; MAR (0 = the paper's photon count) fewer photons than it; MRI with
+    `--phase smooth` always (no real image fits data seen through an estimated phase exactly: the
+    misfit of (D32), docs/design.md §3.5, acts as noise)."""
     check_choice("task", task, TASKS)
-    return noise > 0 and not (task == "mar" and noise >= MAR_PHOTONS)
+    return (noise > 0 and not (task == "mar" and noise >= MAR_PHOTONS)) or (phase or "none") != "none"
 
 
-def noisy_record(task: str, record: dict | None) -> bool:
-    """noisy_level for a measurement file's noise record ({model, level, photons, ...})."""
+def noisy_record(task: str, record: dict | None, phased: bool = False) -> bool:
+    """noisy_level for a measurement file's noise record ({model, level, photons, ...}); phased: the
+    file's operator is `phased_mri` (then always, as noisy_level with a phase)."""
     rec = record or {}
+    if phased:
+        return True
     if rec.get("model", "none") == "none":
         return False
     if task == "mar":
