@@ -171,6 +171,13 @@ def test_volume_metrics_follow_their_definitions():
     ramp = flat + 0.02 * torch.arange(8.0).reshape(8, 1, 1, 1)
     assert float(zgrad_rmse(ramp, flat)) == pytest.approx(0.02, rel=1e-6)
     assert math.isnan(volume_metrics(x[:6], ref[:6])["ssim_coronal"])      # 6 x 16 planes: below the window
+    # an exact plane (all air outside the body) leaves the PSNR mean instead of making it infinite
+    air = x.clone()
+    air[:, :, 0] = ref[:, :, 0]                                           # coronal plane 0 without error
+    va = volume_metrics(air, ref)
+    others = psnr(reformat(air, "coronal")[1:], reformat(ref, "coronal")[1:])
+    assert math.isfinite(va["psnr_coronal"]) and va["psnr_coronal"] == pytest.approx(float(others.mean()), abs=1e-9)
+    assert math.isinf(volume_metrics(ref, ref)["psnr_axial"])
     with pytest.raises(ScoreinvError, match="at least 2 slices"):
         volume_metrics(x[:1], ref[:1])
 

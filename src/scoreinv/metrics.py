@@ -22,8 +22,10 @@ the input's device). Variants:
 Volumes (docs/design.md §9.3; `volume_metrics`): a volume (S, 1, H, W), slices in order, is cut into
 axial (S planes of H x W), coronal (H planes of S x W) and sagittal (W planes of S x H) planes;
 `psnr_<plane>` and `ssim_<plane>` are the means over the planes of the per-plane metrics above
-(PSNR is thus not the same in the three directions: a per-plane mean, as peers report), on the
-voxel grid (anisotropic voxels are not resampled); SSIM of planes smaller than its 11 x 11 window
+(PSNR is thus not the same in the three directions: a per-plane mean, as peers report; planes
+reconstructed without any error, such as all-air planes outside the body once clipped to a window,
+have an infinite PSNR and are left out of the PSNR mean, which is infinite only when every plane
+is exact), on the voxel grid (anisotropic voxels are not resampled); SSIM of planes smaller than its 11 x 11 window
 is undefined (NaN). The slice-consistency figure `zgrad_rmse` is the RMSE of the error of the
 z-gradient, sqrt(mean((D_z x − D_z ref)²)) with (D_z x)_k = x_{k+1} − x_k, on the clipped images:
 the inter-slice stripes that slice-by-slice reconstruction leaves (0 for an error constant in z).
@@ -319,13 +321,15 @@ def zgrad_rmse(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def volume_metrics(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     """{psnr_axial, ssim_axial, psnr_coronal, ..., zgrad_rmse} of a volume x against ref, both
-    (S, 1, H, W) with slices in order (module docstring): per-plane means, NaN for SSIM on planes
-    smaller than its window."""
+    (S, 1, H, W) with slices in order (module docstring): per-plane means (PSNR over the planes with
+    some error), NaN for SSIM on planes smaller than its window."""
     x, ref = _pair(_volume("reconstruction", x), _volume("reference", ref))
     out = {}
     for plane in PLANES:
         xp, rp = reformat(x, plane), reformat(ref, plane)
-        out[f"psnr_{plane}"] = float(_psnr(xp, rp).mean())
+        p = _psnr(xp, rp)
+        finite = p[torch.isfinite(p)]
+        out[f"psnr_{plane}"] = float(finite.mean()) if finite.numel() else float("inf")
         small = min(xp.shape[-2:]) < 2 * SSIM_RADIUS + 1
         out[f"ssim_{plane}"] = float("nan") if small else float(_ssim(xp, rp).mean())
     out["zgrad_rmse"] = float(zgrad_rmse(x, ref))
