@@ -128,7 +128,7 @@ def test_folder_of_other_images_is_refused(tmp_path, capsys):
     assert main(cmd()) == 0                                      # the same images resume
 
 
-def test_mar_and_mri_posterior_samples(ckpt, tmp_path):
+def test_mar_and_mri_posterior_samples(ckpt, tmp_path, capsys):
     out = tmp_path / "mar"
     assert main(["eval", "--checkpoint", ckpt, "--task", "mar", "--data", "phantoms", "--solvers", "li,nmar,dds",
                  "--steps", "2", "--samples", "2", "--num-images", "2", "--out", str(out)]) == 0
@@ -145,6 +145,14 @@ def test_mar_and_mri_posterior_samples(ckpt, tmp_path):
     assert s["dds:first"]["nfe"] == solver_config("dds", "mar", steps=2).nfe() and s["dds:first"]["of_samples"] == 2
     mean = {r["image"]: float(r["psnr"]) for r in rows if r["solver"] == "dds"}
     assert any(abs(float(r["psnr"]) - mean[r["image"]]) > 1e-6 for r in first)
+    # a part without the first-sample scores (computed before them): the rows are left out, said so, not mixed
+    part = next((out / "parts" / "dds").glob("b*.npz"))
+    kept = {k: v for k, v in np.load(part).items() if not k.startswith("m1_")}
+    np.savez(part, **kept)
+    assert main(["eval", "--checkpoint", ckpt, "--task", "mar", "--data", "phantoms", "--solvers", "li,nmar,dds",
+                 "--steps", "2", "--samples", "2", "--num-images", "2", "--out", str(out)]) == 0
+    assert not any(r["solver"] == "dds:first" for r in _rows(out))
+    assert "dds:first left out: some batches were computed before" in capsys.readouterr().out
     out2 = tmp_path / "mri"
     assert main(["eval", "--checkpoint", ckpt, "--task", "mri", "--acceleration", "2", "--mask", "random",
                  "--data", "brain", "--solvers", "zero_filled,cs_tv", "--set", "cs_tv.weight=1e-3",
@@ -300,6 +308,7 @@ def test_rows_name_their_estimate_and_the_new_solvers_run(ckpt, tmp_path, capsys
     s = {r["solver"]: r for r in json.loads((out / "summary.json").read_text())}
     assert s["ddrm"]["estimate"] == "sample" and s["ddrm"]["nfe"] == 3 and s["diffpir"]["nfe"] == 3
     assert s["diffpir"]["params"]["warm_start"] == "classical" and s["ddrm"]["psnr_mean"] > 5
+    assert not any(":" in r["solver"] for r in rows) and not any(":" in k for k in s)   # one sample: no NAME:first
     table = capsys.readouterr().out
     assert "estimate" in table and any(ln.split()[:2] == ["diffpir", "tweedie@0.5"] for ln in table.splitlines())
 
@@ -310,6 +319,13 @@ def test_ddrm_without_a_decomposition_and_a_warm_start_out_of_range_are_refused_
     err = capsys.readouterr().err
     assert "solver ddrm needs an operator with the A = P(Λ)T decomposition" in err and "--ct-operator fourier" in err
     assert not (out / "eval.json").exists()
+    for extra in (["--coils", "4"], ["--phase", "smooth", "--mask", "random"]):     # SENSE, phased: no decomposition
+        mri = tmp_path / f"mri{extra[0]}"
+        assert main(["eval", "--checkpoint", ckpt, "--task", "mri", "--acceleration", "2", *extra, "--data", "brain",
+                     "--solvers", "zero_filled,ddrm", "--steps", "2", "--num-images", "2", "--out", str(mri)]) == 2
+        err = capsys.readouterr().err
+        assert "solver ddrm needs an operator with the A = P(Λ)T decomposition" in err and "SENSE (--coils)" in err
+        assert not (mri / "eval.json").exists()
     assert main(_ct(ckpt, tmp_path / "ct2", "--set", "solver.warm_start=classical", "--set",
                     "solver.warm_sigma=100", solvers="fbp,projection", n=2)) == 2
     assert "warm_sigma = 100: the warm start must begin inside the model's noise range" in capsys.readouterr().err

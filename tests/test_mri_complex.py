@@ -186,7 +186,7 @@ def test_simulate_phase_flag_checks(tmp_path):
     assert not out.exists()
 
 
-def test_simulate_phase_round_trip_and_reconstruct(tmp_path, tiny_checkpoint):
+def test_simulate_phase_round_trip_and_reconstruct(tmp_path, tiny_checkpoint, capsys):
     """--phase smooth is stored in the measurement file (operator phased_mri with the estimated
     phase, extra_true_phase) and `reconstruct` solves with it."""
     from scoreinv.physics.measurements import load_measurements
@@ -203,8 +203,11 @@ def test_simulate_phase_round_trip_and_reconstruct(tmp_path, tiny_checkpoint):
     assert torch.allclose(m.y, _measure(m.ground_truth.double(), phi.double(), op.mask).to(m.y.dtype), atol=1e-4)
     assert torch.allclose(m.take(1).operator().phase, op.phase[1:2])
     out = tmp_path / "r.npy"
+    assert len(m.noise["phase_misfit"]) == 2 and min(m.noise["phase_misfit"]) > 0       # σ_φ travels in the file
+    capsys.readouterr()
     assert main(["reconstruct", "--checkpoint", tiny_checkpoint, "--measurements", str(meas), "--out", str(out),
                  "--solver", "dds", "--steps", "3", "--no-progress"]) == 0
+    assert "final projection off" in capsys.readouterr().out        # phased data count as noisy
     r = np.load(out)
     assert r.shape[0] == 2 and np.isfinite(r).all()
 
@@ -226,8 +229,11 @@ def test_phase_misfit_measures_what_no_real_image_fits_and_keeps_the_data_step_f
     exact = phase_misfit(PhasedMRI(op.mask, p.extras["true_phase"]), y)
     assert bool((exact < 0.15 * true).all())
     assert torch.allclose(measurement_sigma({"model": "none"}, "mri", op, op, y), est)
-    assert torch.allclose(measurement_sigma(p.noise, "mri", tasks.slice_operator(op, slice(1, 3)),
-                                            tasks.slice_operator(op, slice(1, 3)), y[1:3]), est[1:3])
+    # simulate_mri stores σ_φ per slice in the noise record; a slice of the batch reads its rows
+    assert torch.allclose(torch.tensor(p.noise["phase_misfit"], dtype=torch.float64), est)
+    part = tasks.slice_operator(op, slice(1, 3))
+    assert torch.allclose(measurement_sigma(p.noise, "mri", part, part, y[1:3], index=[1, 2]), est[1:3])
+    assert torch.allclose(measurement_sigma({"model": "none"}, "mri", part, part, y[1:3]), est[1:3])
     loud = {"model": "gaussian", "sigma": 1.0}
     assert torch.equal(measurement_sigma(loud, "mri", op, op, y), torch.ones(3, dtype=torch.float64))
     plain = tasks.build_problem(x, tasks.task_options("mri", acceleration=4, mask="random"), _gen(11))

@@ -353,3 +353,22 @@ def test_volume_study_chooses_lambda_z_on_the_validation_volume_and_resumes(tiny
     (out / "ztv.json").write_text(json.dumps(stale))
     with pytest.raises(ScoreinvError, match="made with λ_z 0.0123"):
         vs.main(argv)
+
+
+def test_default_ztv_lambda_follows_the_voxel_aspect_and_a_given_one_is_kept():
+    """reconstruct.scaled_ztv: λ_z = 0.01 · pixel/spacing by default (geometric mean of non-square
+    pixels); a --set value, a file without pixel size or positions, and no coupling are left alone."""
+    from scoreinv.reconstruct import scaled_ztv, solver_settings
+    base = solver_settings("ct", "dds", coupling="ztv")
+    said = []
+    r = scaled_ztv(base, (2.0, 2.0), 4.0, said.append)
+    assert r.cfg.ztv_lambda == pytest.approx(0.005) and r.origin["ztv_lambda"] == "voxel aspect"
+    assert base.cfg.ztv_lambda == 0.01 and "λ_z 0.005 = 0.01 x pixel / spacing (0.5: 2 mm" in said[-1]
+    r = scaled_ztv(base, (1.0, 4.0), 2.0, said.append)
+    assert r.cfg.ztv_lambda == pytest.approx(0.01) and "1 x 4 mm (geometric mean)" in said[-1]
+    assert scaled_ztv(base, None, 4.0, said.append) is base and "voxel aspect is unknown" in said[-1]
+    assert scaled_ztv(base, (2.0, 2.0), None) is base
+    given = solver_settings("ct", "dds", sets={"solver": {"ztv_lambda": 0.02}}, coupling="ztv")
+    assert scaled_ztv(given, (2.0, 2.0), 4.0).cfg.ztv_lambda == 0.02
+    plain = solver_settings("ct", "dds")
+    assert scaled_ztv(plain, (2.0, 2.0), 4.0) is plain

@@ -72,6 +72,14 @@ def volume_scores(index, images, x: np.ndarray, ref: np.ndarray) -> dict:
     return out
 
 
+def first_sample_metrics(parts, names) -> dict | None:
+    """{metric: (N,)} of the first of the K samples from a score solver's parts (`m1_<metric>`); None when
+    some part predates them (a resumed run), so that no image is left out of the rows silently."""
+    if any(f"m1_{k}" not in p for p in parts for k in names):
+        return None
+    return {k: np.concatenate([p[f"m1_{k}"] for p in parts]) for k in names}
+
+
 def single_sample_label(name: str) -> str:
     """The solver label of the rows that score the first of K samples alone (`--samples K`): NAME:first."""
     return f"{name}:first"
@@ -177,8 +185,11 @@ def write_outputs(out: Path, options, methods, batches, names, data_id, split, s
             log(f"[{m.name}] {vol['n_volumes']} volume(s): PSNR axial/coronal/sagittal {planes} dB, "
                 f"z-gradient RMSE {zg}")
         summary.append(rec)
-        if "m1_" + names[0] in parts[0]:        # --samples K: the first sample of the same run, paired with the mean
-            one = {k: np.concatenate([p[f"m1_{k}"] for p in parts]) for k in names}
+        one = first_sample_metrics(parts, names) if m.kind == "score" and samples > 1 else None
+        if m.kind == "score" and samples > 1 and one is None:
+            log(f"[{m.name}] {single_sample_label(m.name)} left out: some batches were computed before the first "
+                "sample was scored (remove their parts/ files to score it)")
+        if one is not None:        # --samples K: the first sample of the same run, paired with the mean
             label, est1 = single_sample_label(m.name), estimate_of(m, 1)
             for i, img in enumerate(arrays["index"]):
                 rows.append({"image": int(img), "solver": label, **{k: float(one[k][i]) for k in names},

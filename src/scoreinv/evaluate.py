@@ -80,7 +80,7 @@ TASK_METRICS = {"ct": ("psnr", "ssim", "psnr_hu", "ssim_hu", "psnr_circle", "ssi
                        "nmse"),
                 "mri": ("psnr", "ssim", "psnr_circle", "ssim_circle", "psnr_hist", "ssim_hist", "nmse"),
                 "mar": ("psnr", "ssim", "psnr_mar", "ssim_mar", "psnr_mar_hu", "ssim_mar_hu", "nmse")}
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2      # 2: phased MRI takes its phase misfit as noise; --samples K scores the first sample
 OWN_FILES = {"eval.json", "weights.json", "parts", "metrics.csv", "summary.json", "reconstructions.npz",
              "comparison.png"}
 
@@ -200,9 +200,11 @@ def check_score_methods(methods, options: TaskOptions, model=None) -> None:
     for m in methods:
         if m.kind != "score":
             continue
-        decomposes = options.task == "mri" or (options.task == "ct" and options.ct_operator == "fourier")
+        single_mri = options.task == "mri" and not options.coils and not options.smooth_phase
+        decomposes = single_mri or (options.task == "ct" and options.ct_operator == "fourier")
         if m.name == "ddrm" and not decomposes:
-            what = "MAR's operator" if options.task == "mar" else "the CT sinogram operator (--ct-operator radon)"
+            what = {"mar": "MAR's operator", "ct": "the CT sinogram operator (--ct-operator radon)",
+                    "mri": "SENSE (--coils) or the phase-corrected operator (--phase smooth)"}[options.task]
             hint = ", or --ct-operator fourier" if options.task == "ct" else ""
             raise ScoreinvError(f"solver ddrm needs an operator with the A = P(Λ)T decomposition (single-coil "
                                 f"Cartesian MRI, Fourier-slice CT); {what} has none. Use diffpir (its data step runs "

@@ -295,10 +295,12 @@ def scaled_ztv(settings: Resolved, pixel_spacing, spacing: float | None, log=Non
         log(f"z-TV: λ_z {c.ztv_lambda:g} as set: the file gives no pixel size or slice positions, so the voxel "
             "aspect is unknown")
         return settings
-    beta = float(np.sqrt(float(pixel_spacing[0]) * float(pixel_spacing[1]))) / float(spacing)
+    dr, dc = float(pixel_spacing[0]), float(pixel_spacing[1])
+    beta = math.sqrt(dr * dc) / float(spacing)          # non-square pixels: their geometric mean
     lam = c.ztv_lambda * beta
-    log(f"z-TV: λ_z {lam:.4g} = {c.ztv_lambda:g} x pixel / spacing ({beta:.4g}: "
-        f"{float(pixel_spacing[0]):.4g} mm in plane, {spacing:.4g} mm between slices; --set solver.ztv_lambda fixes it)")
+    px = f"{dr:.4g} mm" if math.isclose(dr, dc, rel_tol=1e-6) else f"{dr:.4g} x {dc:.4g} mm (geometric mean)"
+    log(f"z-TV: λ_z {lam:.4g} = {c.ztv_lambda:g} x pixel / spacing ({beta:.4g}: {px} in plane, {spacing:.4g} mm "
+        "between slices; --set solver.ztv_lambda fixes it)")
     return dataclasses.replace(settings, cfg=dataclasses.replace(c, ztv_lambda=lam),
                                origin={**settings.origin, "ztv_lambda": "voxel aspect"})
 

@@ -160,7 +160,8 @@ def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equis
 
     phase "smooth" (single coil): k-space of |x| e^{iφ}, φ = `smooth_phase` drawn after the mask and
     before the noise; the operator returned is `PhasedMRI` with the phase estimated from the noisy
-    data's centre (docs/design.md §3.5), and extras["true_phase"] holds φ (B, H, W)."""
+    data's centre (docs/design.md §3.5), extras["true_phase"] holds φ (B, H, W), and the noise record
+    the phase misfit σ_φ of (D32) per slice ("phase_misfit"), which the solvers take as noise."""
     from .physics.masks import make_mask
     from .physics.mri import CartesianMRI, estimate_phase, kspace_rms, PhasedMRI, smooth_phase
     from .physics.sense import SenseMRI, birdcage_maps
@@ -188,7 +189,9 @@ def simulate_mri(x: torch.Tensor, generator: torch.Generator, mask: str = "equis
                   "note": "complex Gaussian on sampled k-space, E|n|^2 = sigma^2, sigma = level x RMS of "
                           "the sampled k-space (per-component std sigma / sqrt(2))"}
     if phase == "smooth":   # the phase the solvers see comes from the (noisy) data only
+        from .sampling.inputs import phase_misfit
         op = PhasedMRI(m, estimate_phase(y, m))
+        record["phase_misfit"] = phase_misfit(op, y).tolist()     # σ_φ of (D32), per slice, computed once
     return Simulation(op, y, record, extras)
 
 
@@ -229,7 +232,7 @@ class TaskOptions:
     coils: int | None = None          # MRI: None (= 1, single coil) or C > 1 (SENSE, birdcage maps)
 
     def to_dict(self) -> dict:
-        """The options as stored in eval/tune records. MRI: `phase` only when set, and for random
+        """The options as stored in eval/tune records. MRI: `phase` and `coils` only when set, and for random
         masks the mask rule (exact column count, fastMRI centre 0.32/R since issue 13), so a run
         resumed across that change is refused instead of mixing masks."""
         d = dataclasses.asdict(self)

@@ -24,7 +24,7 @@ HELP = """Evaluate reconstructions against ground truth on a dataset split.
       --solvers zero_filled,cs_tv,projection --preset reference --num-images 16 --out results/mri8
   scoreinv eval --checkpoint ct64 --task mar --data phantoms --solvers li,nmar,projection \\
       --set projection.steps=20 --out results/mar
-  scoreinv eval --checkpoint mri64 --task mri --acceleration 8 --coils 4 --data brain \
+  scoreinv eval --checkpoint mri64 --task mri --acceleration 8 --coils 4 --data brain \\
       --solvers zero_filled,cs_tv,diffpir --num-images 4 --out results/mri8_sense
 
 Writes into --out: metrics.csv (one row per image and solver: psnr, ssim, their circle / hist

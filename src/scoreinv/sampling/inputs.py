@@ -66,27 +66,33 @@ def measurement_sigma(record: dict | None, task: str, solve_op, file_op=None, fi
     sig = _record_sigma(record, task, solve_op, file_op, file_y, index)
     from ..physics.mri import PhasedMRI
     if isinstance(solve_op, PhasedMRI):
-        same = file_op is None or isinstance(file_op, PhasedMRI)      # MRI: the file's k-space is what it sees
-        sig = torch.maximum(sig, phase_misfit(solve_op, file_y if same else None))
+        known = (record or {}).get("phase_misfit")       # simulate_mri stores σ_φ per slice
+        idx = list(range(sig.numel())) if index is None else [int(i) for i in index]
+        if isinstance(known, (list, tuple)) and len(known) > max(idx):
+            phi = torch.tensor([float(known[i]) for i in idx], dtype=torch.float64)
+        else:
+            same = file_op is None or isinstance(file_op, PhasedMRI)      # MRI: the file's k-space is what it sees
+            phi = phase_misfit(solve_op, file_y if same else None)
+        sig = torch.maximum(sig, phi)
     return sig
 
 
 def phase_misfit(op, y: torch.Tensor | None) -> torch.Tensor:
     """σ_φ (B,) float64: the misfit of a real image seen through an estimated phase (docs/design.md §3.5),
 
-        (D32)  σ_φ = ( Σ_Λ |A' x_TV − y|² / |Λ| )^½,   x_TV = argmin 1/(2‖A'‖²) ‖A' x − y‖² + w TV(x), w = 10⁻³
+        (D32)  σ_φ = ( Σ_Λ |A' x_TV − y|² / |Λ| )^½,   x_TV ≈ argmin_{0 ≤ x ≤ 1} 1/(2‖A'‖²) ‖A' x − y‖² + w TV(x), w = 10⁻³
 
-    the root mean square over the sampled k-space coefficients of what a lightly regularised real
-    image (the `tv` baseline at weight PHASE_FIT_WEIGHT) leaves of the data: the phase error δ puts
+    the root mean square over the sampled k-space coefficients (`kspace_rms`) of what a lightly
+    regularised real image leaves of the data (x_TV: the `tv` baseline at weight PHASE_FIT_WEIGHT,
+    its box [0, 1] and its fixed PDHG budget, not run to convergence): the phase error δ puts
     |x| sin δ outside the real-image model, and TV, which cannot fit aliasing, leaves it there. On
     brain2 at 256 (8x and 4x random columns) it is 0.85-1.0 times the misfit of the true image."""
     if y is None:
         raise ScoreinvError("phase_misfit: the k-space the phased operator sees is needed")
     from ..baselines import get_baseline
+    from ..physics.mri import kspace_rms
     x = get_baseline("tv")(op, y, weight=PHASE_FIT_WEIGHT).x
-    r = op.forward(x) - y
-    m = op.mask.to(r.device).expand(r.shape[1:]).to(r.real.dtype)
-    return ((r.abs() ** 2 * m).flatten(1).sum(1) / m.sum()).sqrt().double().cpu()
+    return kspace_rms(op.forward(x) - y, op.mask).double().cpu()
 
 
 def _record_sigma(record: dict | None, task: str, solve_op, file_op, file_y, index) -> torch.Tensor:

@@ -19,7 +19,9 @@ The final hard projection (λ = 1 with y, after the Tweedie step; docs/design.md
 noise-free y: with noisy y it puts the noise back into the measured components.
 It is on unless the data carry more noise than the reference acquisition: CT and MRI with noise
 added, MAR with fewer photons per ray than the paper's 2e7 (at 2e7 the noise is negligible and
-the hard projection gains 0.2-0.4 dB, measured on 4 held-out phantoms with ct64).
+the hard projection gains 0.2-0.4 dB, measured on 4 held-out phantoms with ct64), and MRI seen
+through an estimated phase (`--phase smooth`), whose misfit no real image fits
+(docs/design.md §3.5, (D32)); such data are labelled "noisy data" in the printed origin of the settings.
 """
 from __future__ import annotations
 
