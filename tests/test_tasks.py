@@ -138,6 +138,11 @@ def test_mri_coils_option_builds_a_sense_problem_and_is_recorded():
     p = tasks.build_problem(x, opts, torch.Generator().manual_seed(0))
     assert isinstance(p.op, SenseMRI) and p.op.maps.shape[0] == 4 and p.y.shape == (2, 4, 32, 32)
     assert p.baseline_op is p.op and torch.allclose(p.naive, p.op.adjoint(p.y))
+    # TaskOptions.decomposes says what build_problem's operator has (eval refuses ddrm by it)
+    for o in (opts, tasks.task_options("mri", acceleration=4, mask="random"),
+              tasks.task_options("mri", acceleration=4, mask="random", phase="smooth"),
+              tasks.task_options("ct", views=6, ct_operator="fourier"), tasks.task_options("ct", views=6)):
+        assert o.decomposes == tasks.build_problem(x, o, torch.Generator().manual_seed(0)).op.has_decomposition, o
     for bad in (dict(coils=0), dict(coils=2, phase="smooth")):
         with pytest.raises(ScoreinvError, match="--coils|--phase"):
             tasks.task_options("mri", **bad)

@@ -72,6 +72,19 @@ def volume_scores(index, images, x: np.ndarray, ref: np.ndarray) -> dict:
     return out
 
 
+def _scored(label: str, kind: str, est: str, vals: dict, secs: np.ndarray, nfe: int, index, names, common: dict,
+            guards: list | None = None) -> tuple[list, dict]:
+    """(metrics.csv rows, the start of the summary record) of one scored estimate: per image its metrics,
+    seconds, NFE and estimate (and out-of-distribution columns `guards`); the record's means ± stds."""
+    rows = [{"image": int(img), "solver": label, **{k: float(vals[k][i]) for k in names}, "seconds": float(secs[i]),
+             "nfe": nfe, "estimate": est, **(guards[i] if guards else {})} for i, img in enumerate(index)]
+    rec = {"solver": label, "kind": kind, "estimate": est, **common}
+    for k in names:
+        rec.update(_summary_stats(k, vals[k]))
+    rec.update(sec_per_image=float(secs.mean()), nfe=nfe, n_images=int(len(secs)))
+    return rows, rec
+
+
 def first_sample_metrics(parts, names) -> dict | None:
     """{metric: (N,)} of the first of the K samples from a score solver's parts (`m1_<metric>`); None when
     some part predates them (a resumed run), so that no image is left out of the rows silently."""
@@ -146,6 +159,8 @@ def write_outputs(out: Path, options, methods, batches, names, data_id, split, s
     if "metal_mask" in truth[0]:
         arrays["metal_mask"] = np.concatenate([t["metal_mask"] for t in truth])
     rows, summary = [], []
+    common = {"task": options.task, "setting": options.setting(), "data": data_id, "split": split,
+              "metric_variant": MAIN_VARIANT}
     for m in methods:
         parts = [load_part(out / "parts" / m.name / f"b{b:05d}.npz", idx) for b, idx in enumerate(batches)]
         arrays[f"recon_{m.name}"] = np.concatenate([p["x"] for p in parts])
@@ -154,21 +169,14 @@ def write_outputs(out: Path, options, methods, batches, names, data_id, split, s
         vals = {k: np.concatenate([p[f"m_{k}"] for p in parts]) for k in names}
         secs = np.concatenate([np.full(len(p["idx"]), float(p["seconds"]) / len(p["idx"])) for p in parts])
         nfe = int(parts[0]["nfe"])
-        est = estimate_of(m, samples)
         checks = ood_records(parts, arrays["index"]) if m.kind == "score" else None
-        for i, img in enumerate(arrays["index"]):
-            tau = None if checks is None else checks[i].typicality
-            guard = {"ood_tau": "" if tau is None else round(tau, 4),
-                     "ood_verdict": "" if checks is None else checks[i].verdict}
-            rows.append({"image": int(img), "solver": m.name, **{k: float(vals[k][i]) for k in names},
-                         "seconds": float(secs[i]), "nfe": nfe, "estimate": est, **guard})
-        rec = {"solver": m.name, "kind": m.kind, "estimate": est, "task": options.task, "setting": options.setting(),
-               "data": data_id, "split": split, "metric_variant": MAIN_VARIANT}
-        for k in names:
-            rec.update(_summary_stats(k, vals[k]))
-        rec.update(sec_per_image=float(secs.mean()), nfe=nfe, n_images=int(len(secs)),
-                   samples=samples if m.kind == "score" else 1,
-                   params=m.params, environment=_environment(parts))
+        guards = [{"ood_tau": "" if c is None or c.typicality is None else round(c.typicality, 4),
+                   "ood_verdict": "" if c is None else c.verdict}
+                  for c in (checks or [None] * len(arrays["index"]))]
+        new, rec = _scored(m.name, m.kind, estimate_of(m, samples), vals, secs, nfe, arrays["index"], names, common,
+                           guards)
+        rows += new
+        rec.update(samples=samples if m.kind == "score" else 1, params=m.params, environment=_environment(parts))
         if checks is not None:
             line = ood.summary_line(checks, unit="image")
             taus = [c.typicality for c in checks if c.typicality is not None]
@@ -185,21 +193,16 @@ def write_outputs(out: Path, options, methods, batches, names, data_id, split, s
             log(f"[{m.name}] {vol['n_volumes']} volume(s): PSNR axial/coronal/sagittal {planes} dB, "
                 f"z-gradient RMSE {zg}")
         summary.append(rec)
-        one = first_sample_metrics(parts, names) if m.kind == "score" and samples > 1 else None
-        if m.kind == "score" and samples > 1 and one is None:
-            log(f"[{m.name}] {single_sample_label(m.name)} left out: some batches were computed before the first "
-                "sample was scored (remove their parts/ files to score it)")
-        if one is not None:        # --samples K: the first sample of the same run, paired with the mean
-            label, est1 = single_sample_label(m.name), estimate_of(m, 1)
-            for i, img in enumerate(arrays["index"]):
-                rows.append({"image": int(img), "solver": label, **{k: float(one[k][i]) for k in names},
-                             "seconds": float(secs[i]) / samples, "nfe": nfe // samples, "estimate": est1})
-            first = {"solver": label, "kind": m.kind, "estimate": est1, "task": options.task,
-                     "setting": options.setting(), "data": data_id, "split": split, "metric_variant": MAIN_VARIANT}
-            for k in names:
-                first.update(_summary_stats(k, one[k]))
-            first.update(sec_per_image=float(secs.mean()) / samples, nfe=nfe // samples, n_images=int(len(secs)),
-                         samples=1, of_samples=samples, params=m.params, environment=rec["environment"])
+        if m.kind == "score" and samples > 1:      # --samples K: the first sample alone, paired with the mean
+            label, one = single_sample_label(m.name), first_sample_metrics(parts, names)
+            if one is None:
+                log(f"[{m.name}] {label} left out: some batches were computed before the first sample was scored "
+                    "(remove their parts/ files to score it)")
+                continue
+            new, first = _scored(label, m.kind, estimate_of(m, 1), one, secs / samples, nfe // samples,
+                                 arrays["index"], names, common)
+            rows += new
+            first.update(samples=1, of_samples=samples, params=m.params, environment=rec["environment"])
             summary.append(first)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["image", "solver", *names, "seconds", "nfe", "estimate", "ood_tau",

@@ -172,7 +172,8 @@ def _real(x: torch.Tensor) -> torch.Tensor:
 
 def run_method(method: Method, problem: Problem, model=None, samples: int = 1,
                generator: torch.Generator | None = None, device="cpu",
-               volume: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
+               volume: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
     """Reconstruct one problem batch -> (x (B, 1, H, W) CPU, posterior std or None, NFE per image, the first
     of the K samples or None); volume: (B,) volume labels of the slices for a coupled solver (`slice_labels`)."""
     if method.kind == "baseline":
@@ -200,9 +201,7 @@ def check_score_methods(methods, options: TaskOptions, model=None) -> None:
     for m in methods:
         if m.kind != "score":
             continue
-        single_mri = options.task == "mri" and not options.coils and not options.smooth_phase
-        decomposes = single_mri or (options.task == "ct" and options.ct_operator == "fourier")
-        if m.name == "ddrm" and not decomposes:
+        if m.name == "ddrm" and not options.decomposes:
             what = {"mar": "MAR's operator", "ct": "the CT sinogram operator (--ct-operator radon)",
                     "mri": "SENSE (--coils) or the phase-corrected operator (--phase smooth)"}[options.task]
             hint = ", or --ct-operator fourier" if options.task == "ct" else ""
@@ -405,7 +404,8 @@ def evaluate(out_dir, options: TaskOptions, dataset, methods: list[Method], num_
                                     f"(diverged; check its parameters {m.params})")
             vals = image_metrics(names, xr, x, metal_mask=mm)
             guard = ood_arrays(model, problem, xr, ood_reference, batch_size, device) if m.kind == "score" else {}
-            single = {} if first is None else {f"m1_{k}": v for k, v in image_metrics(names, first, x, metal_mask=mm).items()}
+            single = ({} if first is None else
+                      {f"m1_{k}": v for k, v in image_metrics(names, first, x, metal_mask=mm).items()})
             atomic.savez(out / "parts" / m.name / f"b{b:05d}.npz", idx=idx, x=xr.numpy(), seconds=sec, nfe=nfe, env=env,
                          **({"std": std.numpy()} if std is not None else {}), **single,
                          **{f"m_{k}": v for k, v in vals.items()}, **guard)

@@ -246,8 +246,8 @@ def plan(checkpoint: str, measurements: str, out: str, solver: str | None = None
     if getattr(op, "complex_image", False):
         raise ScoreinvError(f"{measurements}: {op.name} reconstructs complex images; the score prior models real "
                             "images (simulate with a real-image operator)")
-    settings = solver_settings(meas.task, solver, preset, steps, sets, noisy_record(meas.task, meas.noise, isinstance(op, PhasedMRI)), checkpoint,
-                               coupling)
+    noisy = noisy_record(meas.task, meas.noise, isinstance(op, PhasedMRI))
+    settings = solver_settings(meas.task, solver, preset, steps, sets, noisy, checkpoint, coupling)
     spacing, volume = None, False
     if settings.cfg.coupling != "none":
         where = f"{measurements} (--coupling {settings.cfg.coupling})"

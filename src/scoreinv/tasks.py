@@ -248,6 +248,14 @@ class TaskOptions:
     def smooth_phase(self) -> bool:
         return self.task == "mri" and self.phase == "smooth"
 
+    @property
+    def decomposes(self) -> bool:
+        """Whether the operator the score solvers see (`build_problem`) has the A = P(Λ)T decomposition:
+        single-coil Cartesian MRI without a phase, CT with --ct-operator fourier."""
+        if self.task == "mri":
+            return not self.coils and not self.smooth_phase
+        return self.task == "ct" and self.ct_operator == "fourier"
+
     def setting(self) -> str:
         """A short name of the setting, e.g. 'views=23 noise=0 operator=radon'."""
         if self.task == "mri":

@@ -66,11 +66,8 @@ def measurement_sigma(record: dict | None, task: str, solve_op, file_op=None, fi
     sig = _record_sigma(record, task, solve_op, file_op, file_y, index)
     from ..physics.mri import PhasedMRI
     if isinstance(solve_op, PhasedMRI):
-        known = (record or {}).get("phase_misfit")       # simulate_mri stores σ_φ per slice
-        idx = list(range(sig.numel())) if index is None else [int(i) for i in index]
-        if isinstance(known, (list, tuple)) and len(known) > max(idx):
-            phi = torch.tensor([float(known[i]) for i in idx], dtype=torch.float64)
-        else:
+        phi = _per_slice(record or {}, "phase_misfit", sig.numel(), index)     # simulate_mri stores σ_φ per slice
+        if phi is None:
             same = file_op is None or isinstance(file_op, PhasedMRI)      # MRI: the file's k-space is what it sees
             phi = phase_misfit(solve_op, file_y if same else None)
         sig = torch.maximum(sig, phi)
@@ -95,6 +92,16 @@ def phase_misfit(op, y: torch.Tensor | None) -> torch.Tensor:
     return kspace_rms(op.forward(x) - y, op.mask).double().cpu()
 
 
+def _per_slice(rec: dict, key: str, b: int, index) -> torch.Tensor | None:
+    """rec[key] (a per-slice list) at rows `index` (default 0..b-1) as (b,) float64; None when the
+    record has no such list covering them."""
+    vals = rec.get(key)
+    idx = list(range(b)) if index is None else [int(i) for i in index]
+    if isinstance(vals, (list, tuple)) and len(vals) > max(idx):
+        return torch.tensor([float(vals[i]) for i in idx], dtype=torch.float64)
+    return None
+
+
 def _record_sigma(record: dict | None, task: str, solve_op, file_op, file_y, index) -> torch.Tensor:
     """σ_y (B,) of the noise record alone (`measurement_sigma`)."""
     rec = record or {}
@@ -105,10 +112,10 @@ def _record_sigma(record: dict | None, task: str, solve_op, file_op, file_y, ind
     if model == "none":
         return torch.zeros(b, dtype=torch.float64)
     if model == "gaussian":
-        idx = list(range(b)) if index is None else [int(i) for i in index]
+        per = _per_slice(rec, "sigma", b, index)
+        if per is not None:
+            return per
         sig = rec.get("sigma")
-        if isinstance(sig, (list, tuple)) and len(sig) > max(idx):
-            return torch.tensor([float(sig[i]) for i in idx], dtype=torch.float64)
         if isinstance(sig, (int, float)):
             return torch.full((b,), float(sig), dtype=torch.float64)
         from ..physics.mri import kspace_rms      # no per-slice σ: level x RMS of the sampled data
